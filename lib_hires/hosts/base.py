@@ -1,0 +1,60 @@
+"""The host protocol: everything a method may ask of the WebUI (DESIGN.md rule 2).
+
+A `Host` stands for one generation job in one WebUI (or the test host). Methods use it instead of
+importing the WebUI, so the same method code runs in A1111, Forge and the tests.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ..sampling.hooks import PassHooks
+from ..unet import ModelFamily
+
+
+class Host(Protocol):
+    """One job's model, sampler, conditioning, VAE and progress, as the WebUI provides them."""
+
+    @property
+    def family(self) -> ModelFamily:
+        """SD1.x, SD2.x or SDXL."""
+
+    @property
+    def native_size(self) -> int:
+        """Training resolution in pixels (512 for SD1.x and SD2-base, 768 for SD2-v, 1024 for SDXL)."""
+
+    @property
+    def unet(self) -> nn.Module:
+        """The LDM-layout diffusion model (`input_blocks`, `middle_block`, `output_blocks`)."""
+
+    @property
+    def batch_size(self) -> int:
+        """Images per batch."""
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        """The user's sigma schedule for `steps` steps (decreasing, ending in 0)."""
+
+    def noise(self, shape: Sequence[int], stage: int) -> torch.Tensor:
+        """Unit Gaussian noise seeded from the images' seeds; `stage` selects an independent draw."""
+
+    def sample(self, x: torch.Tensor, sigmas: torch.Tensor, hooks: PassHooks, stage: int) -> torch.Tensor:
+        """Run the user's sampler with the host's CFG and conditioning from `x` (already noised to
+        `sigmas[0]`) through `sigmas`, with the method's hooks; returns the denoised latent."""
+
+    def encode_prompt(self, prompt: str, words: Sequence[int] | None = None) -> Any:
+        """The host's conditioning for `prompt`; with `words`, only those word positions (AccDiffusion)."""
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent -> image in [-1, 1] (NCHW)."""
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """Image in [-1, 1] (NCHW) -> latent (the posterior mean)."""
+
+    def interrupted(self) -> bool:
+        """Whether the user asked to stop."""
+
+    def progress(self, done: int, total: int) -> None:
+        """Report progress of work outside the sampler (e.g. VAE tiles)."""

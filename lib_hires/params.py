@@ -1,0 +1,326 @@
+"""Every user-facing parameter, declared once.
+
+A parameter is a field of a frozen dataclass (one dataclass per method, plus the shared ones),
+declared with `param(...)`: default, range or choices, help text and UI label. Everything else is
+derived from that one declaration, so adding a parameter is one edit:
+
+* API: the `alwayson_scripts["hires methods"]["args"][0]` dict is flat; a group's field `tau` in
+  group `scalecrafter` has the key `scalecrafter_tau` (shared fields keep their bare name).
+  `validate_api_dict` turns such a dict into values, with defaults for omitted keys, and raises one
+  `ParamError` naming every bad field and what it allows.
+* Infotext: `Hires <Group title> <field name with spaces>` keys (shared: `Hires <field>`), plus
+  `Hires version`. Values are written so that they contain no `,` or `:` (else JSON-quoted, as the
+  WebUI does), and parse back to the same values (floats via `repr`, exact round trip).
+* XYZ: one axis per field with `xyz=True`, labelled `[Hires] <Group title> <label>`.
+* UI: label, help, range/step or choices for the component (built by the WebUI glue).
+
+This module is pure: the WebUI glue turns these specs into gradio components and XYZ axes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+API_VERSION = 1
+INFOTEXT_PREFIX = "Hires "
+XYZ_PREFIX = "[Hires] "
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one parameter is shown, validated and serialised (stored in the field's metadata)."""
+
+    label: str
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple[str, ...] | None = None
+    choice_labels: tuple[str, ...] | None = None  # UI/XYZ names of `choices`, same order
+    parse: Callable[[str], object] | None = None  # validates/normalises free-text values
+    xyz: bool = True
+
+
+def param(default: Any, label: str, help: str, *, minimum: float | None = None, maximum: float | None = None,
+          step: float | None = None, choices: Sequence[str] | None = None,
+          choice_labels: Sequence[str] | None = None, parse: Callable[[str], object] | None = None,
+          xyz: bool = True) -> Any:
+    """Declare a parameter field: `tau: float = param(0.7, "Tau", "...", minimum=0, maximum=1)`."""
+    spec = Spec(label, help, minimum, maximum, step, tuple(choices) if choices is not None else None,
+                tuple(choice_labels) if choice_labels is not None else None, parse, xyz)
+    return dataclasses.field(default=default, metadata={"spec": spec})
+
+
+class ParamError(ValueError):
+    """Invalid user input. `problems` maps each bad API key to what is wrong and what is allowed."""
+
+    def __init__(self, problems: Mapping[str, str]) -> None:
+        self.problems = dict(problems)
+        super().__init__("; ".join(f"{key}: {text}" for key, text in self.problems.items()))
+
+
+class ParamGroup:
+    """Base of the parameter dataclasses. `KEY` prefixes API keys ("" for shared parameters) and
+    `TITLE` names the group in infotext keys, XYZ labels and the UI."""
+
+    KEY: ClassVar[str] = ""
+    TITLE: ClassVar[str] = ""
+
+    def check(self) -> dict[str, str]:
+        """Cross-field problems, keyed by API key (override where fields constrain each other)."""
+        return {}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One parameter with everything derived from its declaration."""
+
+    group: type[ParamGroup]
+    name: str
+    type: type
+    default: Any
+    spec: Spec
+
+    @property
+    def api_key(self) -> str:
+        return f"{self.group.KEY}_{self.name}" if self.group.KEY else self.name
+
+    @property
+    def infotext_key(self) -> str:
+        words = self.name.replace("_", " ")
+        return f"{INFOTEXT_PREFIX}{self.group.TITLE} {words}" if self.group.KEY else f"{INFOTEXT_PREFIX}{words}"
+
+    @property
+    def xyz_label(self) -> str:
+        return f"{XYZ_PREFIX}{self.group.TITLE} {self.spec.label}" if self.group.KEY else f"{XYZ_PREFIX}{self.spec.label}"
+
+    def allowed(self) -> str:
+        """What values are allowed, in words (used in error messages and the API docs)."""
+        if self.spec.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.spec.choices)
+        if self.type is bool:
+            return "true or false"
+        kind = "an integer" if self.type is int else "a number" if self.type is float else "a string"
+        if self.spec.minimum is not None and self.spec.maximum is not None:
+            return f"{kind} from {_num(self.spec.minimum)} to {_num(self.spec.maximum)}"
+        if self.spec.minimum is not None:
+            return f"{kind} >= {_num(self.spec.minimum)}"
+        return kind
+
+    def coerce(self, value: object) -> Any:
+        """The value as this field's type, or `ValueError` saying what is allowed. Strict for API input:
+        no strings for numbers or bools; ints are accepted for floats."""
+        problem = ValueError(f"got {value!r}; allowed: {self.allowed()}")
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise problem
+        elif self.type is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                else:
+                    raise problem
+        elif self.type is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise problem
+            value = float(value)
+        elif self.type is str:
+            if not isinstance(value, str):
+                raise problem
+        if self.spec.choices is not None and value not in self.spec.choices:
+            raise problem
+        if self.spec.minimum is not None and value < self.spec.minimum:  # type: ignore[operator]
+            raise problem
+        if self.spec.maximum is not None and value > self.spec.maximum:  # type: ignore[operator]
+            raise problem
+        if self.spec.parse is not None:
+            try:
+                value = self.spec.parse(value)  # type: ignore[arg-type]
+            except ValueError as exc:
+                raise ValueError(f"got {value!r}: {exc}") from None
+        return value
+
+    def to_text(self, value: Any) -> str:
+        """Infotext form of a value (inverse of `from_text`)."""
+        if self.type is float:
+            return repr(float(value))
+        return str(value)
+
+    def from_text(self, text: str) -> Any:
+        """Parse an infotext value (unquoted) and validate it like an API value."""
+        raw: object
+        if self.type is bool:
+            if text not in ("True", "False"):
+                raise ValueError(f"got {text!r}; allowed: True or False")
+            raw = text == "True"
+        elif self.type is int:
+            try:
+                raw = int(text)
+            except ValueError:
+                raise ValueError(f"got {text!r}; allowed: {self.allowed()}") from None
+        elif self.type is float:
+            try:
+                raw = float(text)
+            except ValueError:
+                raise ValueError(f"got {text!r}; allowed: {self.allowed()}") from None
+        else:
+            raw = text
+        return self.coerce(raw)
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def fields(group: type[ParamGroup]) -> tuple[Field, ...]:
+    """The parameters of a group, in declaration order."""
+    hints = typing.get_type_hints(group)
+    return tuple(
+        Field(group, f.name, hints[f.name], f.default, f.metadata["spec"])
+        for f in dataclasses.fields(group)  # type: ignore[arg-type]
+        if "spec" in f.metadata
+    )
+
+
+def all_fields(groups: Iterable[type[ParamGroup]]) -> tuple[Field, ...]:
+    return tuple(f for group in groups for f in fields(group))
+
+
+def validate_api_dict(groups: Sequence[type[ParamGroup]], data: Mapping[str, object]) -> dict[type[ParamGroup], ParamGroup]:
+    """Values of every group from a flat API dict; omitted keys take defaults.
+
+    Raises `ParamError` naming every unknown key, wrong type, out-of-range value, bad version and
+    failed cross-field check, with what is allowed.
+    """
+    if not isinstance(data, Mapping):
+        raise ParamError({"args[0]": f"expected a dict of parameters, got {type(data).__name__}"})
+    by_key = {f.api_key: f for f in all_fields(groups)}
+    problems: dict[str, str] = {}
+    version = data.get("version", API_VERSION)
+    if version != API_VERSION:
+        problems["version"] = f"got {version!r}; allowed: {API_VERSION}"
+    kwargs: dict[type[ParamGroup], dict[str, Any]] = {group: {} for group in groups}
+    for key, value in data.items():
+        if key == "version":
+            continue
+        field = by_key.get(key)
+        if field is None:
+            problems[key] = f"unknown key; allowed keys: version, {', '.join(by_key)}"
+            continue
+        try:
+            kwargs[field.group][field.name] = field.coerce(value)
+        except ValueError as exc:
+            problems[key] = str(exc)
+    values = {group: group(**kwargs[group]) for group in groups} if not problems else {}
+    for value in values.values():
+        problems.update(value.check())
+    if problems:
+        raise ParamError(problems)
+    return values
+
+
+def to_api_dict(values: Iterable[ParamGroup]) -> dict[str, object]:
+    """The flat API dict of some values (inverse of `validate_api_dict`)."""
+    data: dict[str, object] = {"version": API_VERSION}
+    for value in values:
+        for f in fields(type(value)):
+            data[f.api_key] = getattr(value, f.name)
+    return data
+
+
+def to_infotext(values: Iterable[ParamGroup]) -> dict[str, str]:
+    """Infotext entries (key -> unquoted text) for the given values, led by `Hires version`."""
+    entries = {f"{INFOTEXT_PREFIX}version": str(API_VERSION)}
+    for value in values:
+        for f in fields(type(value)):
+            entries[f.infotext_key] = f.to_text(getattr(value, f.name))
+    return entries
+
+
+def from_infotext(groups: Sequence[type[ParamGroup]], entries: Mapping[str, str]) -> dict[str, object]:
+    """Parse infotext entries back into a flat API dict, for the keys present (others keep defaults).
+
+    Raises `ParamError` for a malformed value or an unsupported `Hires version`.
+    """
+    problems: dict[str, str] = {}
+    data: dict[str, object] = {}
+    version = entries.get(f"{INFOTEXT_PREFIX}version")
+    if version is not None and version != str(API_VERSION):
+        problems[f"{INFOTEXT_PREFIX}version"] = f"got {version!r}; this extension reads version {API_VERSION}"
+    for f in all_fields(groups):
+        text = entries.get(f.infotext_key)
+        if text is None:
+            continue
+        try:
+            data[f.api_key] = f.from_text(text)
+        except ValueError as exc:
+            problems[f.infotext_key] = str(exc)
+    if problems:
+        raise ParamError(problems)
+    return data
+
+
+# --- infotext text form, compatible with the WebUI's `Key: value, Key: "quoted, value"` lines ---
+
+def quote(text: str) -> str:
+    """JSON-quote a value that contains `,`, `:` or a newline (the WebUI's own rule)."""
+    return json.dumps(text, ensure_ascii=False) if re.search(r"[,:\n]", text) else text
+
+
+def format_infotext(entries: Mapping[str, str]) -> str:
+    return ", ".join(f"{key}: {quote(value)}" for key, value in entries.items())
+
+
+_ENTRY = re.compile(r'\s*(\w[\w \-/.()\[\]+]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_infotext(line: str) -> dict[str, str]:
+    """Parse a `Key: value, Key: "quoted"` line (the WebUI's parameters line) into unquoted entries."""
+    entries: dict[str, str] = {}
+    for key, value in _ENTRY.findall(line):
+        value = value.strip()
+        if value.startswith('"') and value.endswith('"'):
+            value = json.loads(value)
+        entries[key.strip()] = value
+    return entries
+
+
+# --- XYZ axes ---
+
+@dataclass(frozen=True)
+class Axis:
+    """One XYZ axis: the parameter it sets, its label, and (for enums and bools) its choices."""
+
+    field: Field
+
+    @property
+    def label(self) -> str:
+        return self.field.xyz_label
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        if self.field.type is bool:
+            return ("True", "False")
+        return self.field.spec.choice_labels or self.field.spec.choices
+
+    def parse(self, text: str) -> Any:
+        """The value an XYZ cell's text stands for (enum choices by key or label; bools any case)."""
+        text = text.strip()
+        spec = self.field.spec
+        if spec.choices is not None and spec.choice_labels is not None:
+            for choice, label in zip(spec.choices, spec.choice_labels):
+                if text in (choice, label):
+                    return choice
+        if self.field.type is bool and text.lower() in ("true", "false"):
+            text = text.capitalize()
+        return self.field.from_text(text)
+
+
+def xyz_axes(groups: Iterable[type[ParamGroup]]) -> tuple[Axis, ...]:
+    """One axis per XYZ-enabled field of the groups, in declaration order."""
+    return tuple(Axis(f) for f in all_fields(groups) if f.spec.xyz)

@@ -1,0 +1,167 @@
+"""Step hooks and call hooks for one sampling pass of the host's own sampler.
+
+Two levels of the host's model stack are hooked (DESIGN.md, "Sampling"):
+
+* The *denoiser* the sampler function receives, `model(x, sigma, **extra_args)`: one row per image,
+  CFG inside. k-diffusion samplers call it on their own state tensor at the start of every step, so a
+  step hook that changes `x` in place there changes the sampler's state before the step is taken
+  (Euler, Euler a, DPM++ 2M and 2M SDE use that same `x` for their update; second-order samplers'
+  intermediate evaluations belong to the same step and run no step hook).
+* The batched *model call* below the host's CFG: cond and uncond rows together, returning the
+  denoised prediction per row. Call hooks wrap it, outermost first; each gets the call and the rest
+  of the chain (`call_next`). `Rows` says which image each row belongs to and whether it is an
+  unconditional row, so hooks never assume the host's batch layout.
+
+`hooked_sampler` wraps a k-diffusion-style sampler function so that each run is one `SamplingPass`,
+published in a `PassSlot` for the host's model-call wrapper to find.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from .steps import Step, locate_step
+
+StepHook = Callable[[torch.Tensor, Step], None]  # changes the sampler's latent in place
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Per row of a batched model call: the image it belongs to and whether it is unconditional."""
+
+    image: tuple[int, ...]
+    uncond: tuple[bool, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.image) != len(self.uncond):
+            raise ValueError("Rows.image and Rows.uncond must have one entry per row")
+
+    def where(self, *, uncond: bool) -> list[int]:
+        """Indices of the unconditional (or conditional) rows."""
+        return [i for i, u in enumerate(self.uncond) if u == uncond]
+
+    def take(self, indices: Sequence[int]) -> Rows:
+        return Rows(tuple(self.image[i] for i in indices), tuple(self.uncond[i] for i in indices))
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """One batched model call: input rows, their noise levels and conditioning, and the current step.
+
+    `cond` is the host's own conditioning object; `take_cond(cond, indices)` selects rows of it (the
+    host provides it), so a hook can evaluate a subset of the rows with `subset`.
+    """
+
+    x: torch.Tensor
+    sigma: torch.Tensor
+    cond: Any
+    rows: Rows
+    step: Step
+    take_cond: Callable[[Any, Sequence[int]], Any]
+
+    def subset(self, indices: Sequence[int]) -> ModelCall:
+        index = torch.as_tensor(list(indices), device=self.x.device, dtype=torch.long)
+        return replace(self, x=self.x.index_select(0, index), sigma=self.sigma.index_select(0, index),
+                       cond=self.take_cond(self.cond, indices), rows=self.rows.take(indices))
+
+
+CallNext = Callable[[ModelCall], torch.Tensor]
+CallHook = Callable[[ModelCall, CallNext], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PassHooks:
+    """What a method runs in one sampling pass."""
+
+    step_hooks: tuple[StepHook, ...] = ()
+    call_hooks: tuple[CallHook, ...] = ()
+
+
+class SamplingPass:
+    """One run of the sampler over `schedule` (decreasing), with hooks and the current step."""
+
+    def __init__(self, schedule: torch.Tensor, hooks: PassHooks) -> None:
+        self.schedule = schedule.detach().to("cpu", torch.float64)
+        self.hooks = hooks
+        self.step: Step | None = None
+
+    @property
+    def count(self) -> int:
+        return self.schedule.numel() - 1
+
+    def enter(self, x: torch.Tensor, value: float) -> Step:
+        """Called by the denoiser wrapper for every evaluation: sets the current step, and runs the step
+        hooks on the sampler's `x` (in place) at the first evaluation of a new step."""
+        step = Step(locate_step(self.schedule, value), self.count)
+        if self.step is None or step.index > self.step.index:
+            for hook in self.hooks.step_hooks:
+                hook(x, step)
+        self.step = step
+        return step
+
+    def call(self, call: ModelCall, base: CallNext) -> torch.Tensor:
+        """Run a batched model call through the call hooks, ending in the host's own call `base`."""
+        hooks = self.hooks.call_hooks
+
+        def run(index: int, current: ModelCall) -> torch.Tensor:
+            if index == len(hooks):
+                return base(current)
+            return hooks[index](current, lambda nxt: run(index + 1, nxt))
+
+        return run(0, call)
+
+    def denoiser(self, model: Callable[..., torch.Tensor]) -> HookedDenoiser:
+        return HookedDenoiser(model, self)
+
+
+class HookedDenoiser:
+    """The sampler's `model` argument, tracking steps and running step hooks; other attributes are the
+    wrapped denoiser's (some samplers read e.g. `model.inner_model`)."""
+
+    def __init__(self, model: Callable[..., torch.Tensor], sampling_pass: SamplingPass) -> None:
+        self._model = model
+        self._pass = sampling_pass
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        value = float(sigma.reshape(-1)[0]) if isinstance(sigma, torch.Tensor) else float(sigma)
+        self._pass.enter(x, value)
+        return self._model(x, sigma, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+class PassSlot:
+    """Where the pass currently sampling is published for the host's model-call wrapper (one per host
+    adapter or job). Outside a pass `current` is None and model calls run unhooked."""
+
+    def __init__(self) -> None:
+        self.current: SamplingPass | None = None
+
+    @contextlib.contextmanager
+    def holding(self, sampling_pass: SamplingPass) -> Iterator[SamplingPass]:
+        previous, self.current = self.current, sampling_pass
+        try:
+            yield sampling_pass
+        finally:
+            self.current = previous
+
+
+SamplerFn = Callable[..., torch.Tensor]
+
+
+def hooked_sampler(sampler: SamplerFn, hooks: PassHooks, slot: PassSlot) -> SamplerFn:
+    """Wrap a k-diffusion-style sampler `sampler(model, x, sigmas, ...)` (sigmas positional or as the
+    `sigmas` keyword) so that every run is a `SamplingPass` with `hooks`, published in `slot`."""
+
+    def run(model: Callable[..., torch.Tensor], x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        sigmas = kwargs["sigmas"] if "sigmas" in kwargs else args[0]
+        sampling_pass = SamplingPass(sigmas, hooks)
+        with slot.holding(sampling_pass):
+            return sampler(sampling_pass.denoiser(model), x, *args, **kwargs)
+
+    return run
