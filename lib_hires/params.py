@@ -26,6 +26,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .presets import PRESETS
+from .unet import format_block_values, parse_block_list, parse_block_values
+
 API_VERSION = 1
 INFOTEXT_PREFIX = "Hires "
 XYZ_PREFIX = "[Hires] "
@@ -44,15 +47,16 @@ class Spec:
     choice_labels: tuple[str, ...] | None = None  # UI/XYZ names of `choices`, same order
     parse: Callable[[str], object] | None = None  # validates/normalises free-text values
     xyz: bool = True
+    from_preset: bool = False  # taken from the group's preset unless given explicitly (see `Settings`)
 
 
 def param(default: Any, label: str, help: str, *, minimum: float | None = None, maximum: float | None = None,
           step: float | None = None, choices: Sequence[str] | None = None,
           choice_labels: Sequence[str] | None = None, parse: Callable[[str], object] | None = None,
-          xyz: bool = True) -> Any:
+          xyz: bool = True, from_preset: bool = False) -> Any:
     """Declare a parameter field: `tau: float = param(0.7, "Tau", "...", minimum=0, maximum=1)`."""
     spec = Spec(label, help, minimum, maximum, step, tuple(choices) if choices is not None else None,
-                tuple(choice_labels) if choice_labels is not None else None, parse, xyz)
+                tuple(choice_labels) if choice_labels is not None else None, parse, xyz, from_preset)
     return dataclasses.field(default=default, metadata={"spec": spec})
 
 
@@ -191,7 +195,28 @@ def all_fields(groups: Iterable[type[ParamGroup]]) -> tuple[Field, ...]:
     return tuple(f for group in groups for f in fields(group))
 
 
-def validate_api_dict(groups: Sequence[type[ParamGroup]], data: Mapping[str, object]) -> dict[type[ParamGroup], ParamGroup]:
+@dataclass(frozen=True)
+class Settings:
+    """The values of every group, and which API keys the user gave explicitly.
+
+    Fields declared `from_preset=True` take their value from the group's preset unless their key is
+    in `given` (an API dict key, an X/Y/Z axis, or a UI control while the preset is "custom").
+    """
+
+    values: Mapping[type[ParamGroup], ParamGroup]
+    given: frozenset[str]
+
+    def __getitem__(self, group: type[ParamGroup]) -> Any:
+        return self.values[group]
+
+    def with_overrides(self, data: Mapping[str, object]) -> Settings:
+        """These settings with some keys set (validated) and marked as given, e.g. by X/Y/Z axes."""
+        merged = {**to_api_dict(self.values.values()), **data}
+        values = validate_api_dict(tuple(self.values), merged).values
+        return Settings(values, self.given | frozenset(k for k in data if k != "version"))
+
+
+def validate_api_dict(groups: Sequence[type[ParamGroup]], data: Mapping[str, object]) -> Settings:
     """Values of every group from a flat API dict; omitted keys take defaults.
 
     Raises `ParamError` naming every unknown key, wrong type, out-of-range value, bad version and
@@ -221,7 +246,18 @@ def validate_api_dict(groups: Sequence[type[ParamGroup]], data: Mapping[str, obj
         problems.update(value.check())
     if problems:
         raise ParamError(problems)
-    return values
+    return Settings(values, frozenset(k for k in data if k != "version"))
+
+
+def from_ui(groups: Sequence[type[ParamGroup]], data: Mapping[str, object]) -> Settings:
+    """Settings from the UI's controls (all keys present): a group's `from_preset` fields count as given
+    only while its `preset` is "custom"; otherwise the preset decides them."""
+    settings = validate_api_dict(groups, data)
+    given = set(settings.given)
+    for group in groups:
+        if getattr(settings[group], "preset", "custom") != "custom":
+            given -= {f.api_key for f in fields(group) if f.spec.from_preset}
+    return Settings(settings.values, frozenset(given))
 
 
 def to_api_dict(values: Iterable[ParamGroup]) -> dict[str, object]:
@@ -324,3 +360,79 @@ class Axis:
 def xyz_axes(groups: Iterable[type[ParamGroup]]) -> tuple[Axis, ...]:
     """One axis per XYZ-enabled field of the groups, in declaration order."""
     return tuple(Axis(f) for f in all_fields(groups) if f.spec.xyz)
+
+
+# --- the parameters of Hires Methods ---
+
+def _block_values(text: str) -> str:
+    return format_block_values(parse_block_values(text))
+
+
+def _block_list(text: str) -> str:
+    return " ".join(parse_block_list(text))
+
+
+METHOD_CHOICES = ("none", "scalecrafter")
+METHOD_LABELS = ("None", "ScaleCrafter")
+
+
+@dataclass(frozen=True)
+class General(ParamGroup):
+    """Shared by every method."""
+
+    enabled: bool = param(False, "Enabled", "Run Hires Methods for this job (the accordion's switch). An API "
+                          "dict turns it on unless it says \"enabled\": false.")
+    method: str = param("scalecrafter", "Method", "The high-resolution method. None runs only what is enabled "
+                        "besides a method (e.g. Tiled VAE).", choices=METHOD_CHOICES, choice_labels=METHOD_LABELS)
+
+
+@dataclass(frozen=True)
+class ScaleCrafterParams(ParamGroup):
+    """ScaleCrafter (He et al., ICLR 2024); the values are explained in docs/scalecrafter.md."""
+
+    KEY = "scalecrafter"
+    TITLE = "ScaleCrafter"
+
+    preset: str = param(
+        "auto", "Preset",
+        "Where dilation, steps and ND-CFG come from: Auto picks the official setting nearest to the pass's "
+        "size and scales it; a named preset is one official (code) or paper setting as is; Custom uses the "
+        "fields below. Fields you give explicitly (API, X/Y/Z) override the preset.",
+        choices=("auto", *(p.key for p in PRESETS), "custom"),
+        choice_labels=("Auto", *(p.label for p in PRESETS), "Custom"))
+    apply_to: str = param(
+        "auto", "Apply to",
+        "Which pass is re-dilated, each for its own size. Auto: the hires pass when hires fix is on, else "
+        "the first pass (a pass at or below the model's native size is never changed).",
+        choices=("auto", "first", "hires", "both"), choice_labels=("Auto", "First pass", "Hires pass", "Both"))
+    dilation: str = param(
+        "DB1=2 DB2=2 DB3=2 MB=2 UB0=2 UB1=2 UB2=2", "Dilation",
+        "Perception-field factor per block (DB0-DB3, MB, UB0-UB3; SDXL DB0-DB2, MB, UB0-UB2), e.g. "
+        "'DB2=3 DB3=4 MB=4'; '.resnets' or '.sampler' after a block selects part of it. Fractional factors "
+        "use the official resize trick.", parse=_block_values, from_preset=True)
+    tau: float = param(
+        0.6, "Dilated steps",
+        "Fraction of the pass's steps, from the noisiest, that use re-dilation (the paper's tau / 50).",
+        minimum=0.0, maximum=1.0, step=0.02, from_preset=True)
+    progressive: bool = param(
+        False, "Progressive", "Decay each factor toward 2 over the dilated steps: f_i = max(ceil(f (tau-i)/tau), 2).",
+        from_preset=True)
+    ndcfg: bool = param(
+        True, "Noise-damped CFG",
+        "Where the setting has a noise-damped block set, take the unconditional prediction from a UNet "
+        "dilated only on those blocks (one extra unconditional pass per step while active).")
+    ndcfg_dilation: str = param(
+        "", "ND-CFG dilation", "Per-block factors of the noise-damped model (same form as Dilation); empty: off.",
+        parse=_block_values, from_preset=True)
+    ndcfg_tau: float = param(
+        0.0, "ND-CFG steps", "Fraction of the pass's steps that use noise-damped CFG.",
+        minimum=0.0, maximum=1.0, step=0.02, from_preset=True)
+    disperse: bool = param(
+        False, "Dispersed convolution",
+        "Use the dispersed 5x5 kernel (paper App. F) on the dispersed blocks; off in every official config.")
+    disperse_blocks: str = param(
+        "", "Dispersed blocks", "Blocks whose convs use the dispersed kernel while dilated, e.g. 'DB3 MB UB0'.",
+        parse=_block_list, from_preset=True)
+
+
+GROUPS: tuple[type[ParamGroup], ...] = (General, ScaleCrafterParams)

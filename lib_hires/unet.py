@@ -20,6 +20,7 @@ which the LDM, SGM and Forge UNets share, so nothing here imports a WebUI.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -190,3 +191,39 @@ def map_unet(unet: nn.Module) -> UNetMap:
     blocks.append(make("MB", levels - 1, ["middle_block"]))
     blocks += [make(f"UB{k}", levels - 1 - k, paths) for k, paths in enumerate(up)]
     return UNetMap(family, levels, tuple(blocks))
+
+
+# --- block-key text, as users type it: "DB1=2 DB2=3 DB2.sampler=4 MB=4" ---
+
+_BLOCK_KEY = re.compile(r"^(DB\d|MB|UB\d)(\.(resnets|sampler))?$")
+
+
+def parse_block_key(key: str) -> str:
+    if not _BLOCK_KEY.match(key):
+        raise ValueError(f"{key!r} is not a block key (DB0-DB3, MB, UB0-UB3, optionally .resnets or .sampler)")
+    return key
+
+
+def parse_block_values(text: str) -> dict[str, float]:
+    """`"DB1=2 DB2=3 MB=4"` (spaces or commas between items) -> {"DB1": 2.0, ...}; values >= 1."""
+    values: dict[str, float] = {}
+    for item in text.replace(",", " ").split():
+        key, sep, raw = item.partition("=")
+        try:
+            value = float(raw) if sep else float("nan")
+        except ValueError:
+            value = float("nan")
+        if not value >= 1:
+            raise ValueError(f"{item!r}: expected BLOCK=FACTOR with a factor >= 1, e.g. 'DB2=3'")
+        values[parse_block_key(key)] = value
+    return values
+
+
+def format_block_values(values: Mapping[str, float]) -> str:
+    """Inverse of `parse_block_values`: `"DB1=2 DB2=2.5"` (integers without a decimal point)."""
+    return " ".join(f"{key}={int(v) if float(v).is_integer() else v}" for key, v in values.items())
+
+
+def parse_block_list(text: str) -> tuple[str, ...]:
+    """`"DB3 MB UB0"` (spaces or commas) -> ("DB3", "MB", "UB0")."""
+    return tuple(parse_block_key(key) for key in text.replace(",", " ").split())

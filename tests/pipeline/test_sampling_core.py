@@ -43,10 +43,10 @@ def test_two_stage_shapes_calls_and_determinism(models: Models, sampler: str) ->
     steps, start = 6, 3
     host = TestHost(models, Job(sampler=sampler, steps=steps, batch_size=2))
     sigmas = host.sigmas(steps)
-    stages = [Stage((16, 16)), Stage((32, 32), start=start)]
+    stages = [Stage((8, 8)), Stage((16, 16), start=start)]
     with CountCalls(models.unet) as calls:
         first = run_stages(host, stages, sigmas)
-    assert first.shape == (2, 4, 32, 32)
+    assert first.shape == (2, 4, 16, 16)
     # one batched cond+uncond call per step: all steps in stage 1, the rest from `start` in stage 2
     assert calls.batches == [4] * (steps + steps - start)
     second = run_stages(TestHost(models, Job(sampler=sampler, steps=steps, batch_size=2)), stages, sigmas)
@@ -62,14 +62,14 @@ def test_stage_validation(sd1: Models) -> None:
     with pytest.raises(ValueError, match="first stage"):
         run_stages(host, [Stage((16, 16), start=1)], sigmas)
     with pytest.raises(ValueError, match="allowed: 0 to 3"):
-        run_stages(host, [Stage((16, 16)), Stage((32, 32), start=4)], sigmas)
+        run_stages(host, [Stage((8, 8)), Stage((16, 16), start=4)], sigmas)
 
 
 def test_interrupt_stops_after_the_current_stage(sd1: Models) -> None:
     host = TestHost(sd1, Job(steps=3))
     host.interrupt = True
-    out = run_stages(host, [Stage((16, 16)), Stage((32, 32), start=1)], host.sigmas(3))
-    assert out.shape == (1, 4, 16, 16)
+    out = run_stages(host, [Stage((8, 8)), Stage((16, 16), start=1)], host.sigmas(3))
+    assert out.shape == (1, 4, 8, 8)
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))

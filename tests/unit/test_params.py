@@ -46,12 +46,13 @@ GROUPS = (Shared, Demo)
 
 def test_defaults_and_api_round_trip() -> None:
     values = validate_api_dict(GROUPS, {})
-    assert values[Shared] == Shared() and values[Demo] == Demo()
+    assert values[Shared] == Shared() and values[Demo] == Demo() and values.given == frozenset()
     custom = validate_api_dict(GROUPS, {"version": 1, "enabled": True, "demo_tau": 1, "demo_steps": 20.0,
                                         "demo_mode": "exact", "demo_progressive": False})
     assert custom[Demo] == Demo(tau=1.0, steps=20, mode="exact", progressive=False)
     assert isinstance(custom[Demo].tau, float) and isinstance(custom[Demo].steps, int)
-    assert validate_api_dict(GROUPS, to_api_dict(custom.values())) == custom
+    assert custom.given == {"enabled", "demo_tau", "demo_steps", "demo_mode", "demo_progressive"}
+    assert validate_api_dict(GROUPS, to_api_dict(custom.values.values())).values == custom.values
 
 
 def test_keys_labels() -> None:
@@ -92,7 +93,7 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_infotext_round_trip_is_exact() -> None:
     values = validate_api_dict(GROUPS, {"enabled": True, "method": "demo", "demo_tau": 0.1 + 0.2,
                                         "demo_blocks": "DB1=2.5 UB0=3"})
-    entries = to_infotext(values.values())
+    entries = to_infotext(values.values.values())
     assert entries["Hires version"] == "1"
     assert entries["Hires Demo tau"] == repr(0.1 + 0.2)
     assert all("," not in v and ":" not in v for v in entries.values())
@@ -100,7 +101,7 @@ def test_infotext_round_trip_is_exact() -> None:
     parsed = parse_infotext(line)
     assert parsed["Steps"] == "20" and parsed["Hires upscale"] == "2"
     back = validate_api_dict(GROUPS, from_infotext(GROUPS, parsed))
-    assert back == values
+    assert back.values == values.values
     assert back[Demo].tau == 0.1 + 0.2  # bit-exact float
 
 

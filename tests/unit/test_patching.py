@@ -1,29 +1,12 @@
 """Scoped patches restore the exact original objects, on exit and on exceptions, and nest."""
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 from torch import nn
 
 from lib_hires.patching import PatchScope
-
-
-def model_state(model: nn.Module) -> dict[str, object]:
-    """Identity of every attribute of every module (which object each name holds), and a hash of
-    the parameter and buffer data."""
-    state: dict[str, object] = {}
-    for name, module in model.named_modules():
-        for key, value in vars(module).items():
-            state[f"{name}:{key}"] = (
-                {k: id(v) for k, v in value.items()} if isinstance(value, dict) else id(value)
-            )
-    digest = hashlib.sha256()
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        digest.update(tensor.detach().numpy().tobytes())
-    state["data"] = digest.hexdigest()
-    return state
+from tests.host.state import module_state as model_state
 
 
 def small_model() -> nn.Module:
