@@ -150,10 +150,11 @@ class Field:
         return value
 
     def to_text(self, value: Any) -> str:
-        """Infotext form of a value (inverse of `from_text`)."""
+        """Infotext form of a value (inverse of `from_text`). The empty text is written `""`: the WebUIs
+        cannot parse an empty value (`Key: ,`) and unquote `""` to the empty text."""
         if self.type is float:
             return repr(float(value))
-        return str(value)
+        return str(value) or '""'
 
     def from_text(self, text: str) -> Any:
         """Parse an infotext value (unquoted) and validate it like an API value."""
@@ -173,7 +174,7 @@ class Field:
             except ValueError:
                 raise ValueError(f"got {text!r}; allowed: {self.allowed()}") from None
         else:
-            raw = text
+            raw = "" if text == '""' else text
         return self.coerce(raw)
 
 

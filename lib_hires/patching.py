@@ -31,7 +31,11 @@ def _owns(obj: object, name: str) -> bool:
 
 
 class PatchScope:
-    """A context manager collecting reversible changes; exiting restores everything it changed."""
+    """A context manager collecting reversible changes; exiting restores everything it changed.
+
+    A scope holding changes is listed in `LIVE` until it is restored, so the WebUI glue can restore any
+    leftover defensively (at the start of a job, when the script is unloaded).
+    """
 
     def __init__(self) -> None:
         self._undo: list[Callable[[], None]] = []
@@ -45,6 +49,7 @@ class PatchScope:
 
     def set_attr(self, obj: object, name: str, value: object) -> None:
         """`setattr(obj, name, value)` until the scope exits."""
+        LIVE.add(self)
         if _owns(obj, name):
             original = getattr(obj, name)
             self._undo.append(lambda: setattr(obj, name, original))
@@ -74,6 +79,7 @@ class PatchScope:
                 undo()
             except BaseException as exc:  # keep undoing the rest, then report
                 error = error or exc
+        LIVE.discard(self)
         if error is not None:
             raise error
 
@@ -81,3 +87,31 @@ class PatchScope:
     def active(self) -> bool:
         """Whether the scope currently holds changes."""
         return bool(self._undo)
+
+
+class LiveScopes:
+    """The registry of scopes that hold changes (normally empty between sampler runs)."""
+
+    def __init__(self) -> None:
+        self._scopes: list[PatchScope] = []
+
+    def add(self, scope: PatchScope) -> None:
+        if scope not in self._scopes:
+            self._scopes.append(scope)
+
+    def discard(self, scope: PatchScope) -> None:
+        if scope in self._scopes:
+            self._scopes.remove(scope)
+
+    def __len__(self) -> int:
+        return len(self._scopes)
+
+    def restore_all(self) -> int:
+        """Restore every live scope, newest first; returns how many there were."""
+        count = len(self._scopes)
+        while self._scopes:
+            self._scopes[-1].restore()
+        return count
+
+
+LIVE = LiveScopes()

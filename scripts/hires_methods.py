@@ -1,28 +1,43 @@
-"""WebUI glue for Hires Methods (A1111 1.10.x and Forge f2.0.1): the txt2img accordion.
-
-This file only wires the WebUI to `lib_hires`; all the math lives in the library.
-"""
+"""WebUI glue for Hires Methods (A1111 1.10.x and Forge f2.0.1): forwards the Script hooks to
+`lib_hires.hosts.webui`. All the math lives in `lib_hires`."""
 from __future__ import annotations
 
-import gradio as gr
+from typing import Any
 
-import lib_hires  # imported while the WebUI has this extension on sys.path (see lib_hires/__init__.py)
+import lib_hires.hosts.webui as webui  # imported while the WebUI has this extension on sys.path
 from modules import scripts
-from modules.ui_components import InputAccordion
 
-TITLE = "Hires Methods"  # also the API key ("hires methods"): never rename
+webui.register_xyz_axes()
+webui.register_callbacks()
 
 
 class HiresMethodsScript(scripts.Script):
+    sorting_priority = 15  # Forge: just below its built-in hires helpers
+
+    def __init__(self) -> None:
+        self.accordion: webui.Accordion | None = None
+
     def title(self) -> str:
-        return TITLE
+        return webui.TITLE
 
     def show(self, is_img2img: bool) -> object:
         return False if is_img2img else scripts.AlwaysVisible
 
-    def ui(self, is_img2img: bool) -> list[object]:
-        with InputAccordion(False, label=TITLE, elem_id=self.elem_id("enabled")) as enabled:
-            gr.Markdown(lib_hires.__doc__.split("\n\n")[0] + "\n\nThe methods (ScaleCrafter, DemoFusion, "
-                        "AccDiffusion, FreeScale, AP-LDM, FSTD, Tiled VAE) are being added; none runs yet.",
-                        elem_classes=["hires-methods-about"])
-        return [enabled]
+    def ui(self, is_img2img: bool) -> list[Any]:
+        if self.accordion is None:
+            self.accordion = webui.Accordion(self)
+        return self.accordion.build()
+
+    def after_component(self, component: Any, **kwargs: Any) -> None:
+        if self.accordion is None:
+            self.accordion = webui.Accordion(self)
+        self.accordion.capture(component, kwargs.get("elem_id"))
+
+    def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        webui.start_job(p, args)
+
+    def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        webui.before_sampling(p)
+
+    def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
+        webui.finish_job(p)

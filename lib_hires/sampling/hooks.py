@@ -18,6 +18,7 @@ published in a `PassSlot` for the host's model-call wrapper to find.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -154,14 +155,35 @@ class PassSlot:
 SamplerFn = Callable[..., torch.Tensor]
 
 
-def hooked_sampler(sampler: SamplerFn, hooks: PassHooks, slot: PassSlot) -> SamplerFn:
-    """Wrap a k-diffusion-style sampler `sampler(model, x, sigmas, ...)` (sigmas positional or as the
-    `sigmas` keyword) so that every run is a `SamplingPass` with `hooks`, published in `slot`."""
+def hooked_sampler(sampler: SamplerFn, hooks: PassHooks, slot: PassSlot, schedule_arg: str = "sigmas") -> SamplerFn:
+    """Wrap a k-diffusion-style sampler `sampler(model, x, sigmas, ...)` so that every run is a
+    `SamplingPass` with `hooks`, published in `slot`.
 
+    The schedule is the `schedule_arg` keyword or the third positional argument: `sigmas`, or
+    `timesteps` for the WebUI's timestep samplers (DDIM, PLMS, UniPC), whose model gets timesteps;
+    either is put in decreasing order. The wrapper keeps `sampler`'s signature (`functools.wraps`), since
+    the WebUIs choose the keyword arguments they pass by inspecting it.
+    """
+
+    @functools.wraps(sampler)
     def run(model: Callable[..., torch.Tensor], x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        sigmas = kwargs["sigmas"] if "sigmas" in kwargs else args[0]
-        sampling_pass = SamplingPass(sigmas, hooks)
+        schedule = torch.as_tensor(kwargs[schedule_arg] if schedule_arg in kwargs else args[0]).flatten()
+        sampling_pass = SamplingPass(schedule.sort(descending=True).values, hooks)
         with slot.holding(sampling_pass):
             return sampler(sampling_pass.denoiser(model), x, *args, **kwargs)
 
     return run
+
+
+def take_rows(obj: Any, indices: Sequence[int], rows: int) -> Any:
+    """Rows `indices` of every tensor with `rows` leading entries inside a nest of dicts, lists and
+    tuples (a host's conditioning); everything else is returned as it is."""
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() > 0 and obj.shape[0] == rows:
+            return obj[torch.as_tensor(list(indices), dtype=torch.long, device=obj.device)]
+        return obj
+    if isinstance(obj, dict):
+        return {key: take_rows(value, indices, rows) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(take_rows(value, indices, rows) for value in obj)
+    return obj

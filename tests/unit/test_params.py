@@ -105,6 +105,18 @@ def test_infotext_round_trip_is_exact() -> None:
     assert back[Demo].tau == 0.1 + 0.2  # bit-exact float
 
 
+def test_empty_text_survives_the_webui_format() -> None:
+    values = validate_api_dict(GROUPS, {"demo_blocks": ""})
+    entries = to_infotext(values.values.values())
+    assert entries["Hires Demo blocks"] == '""'
+    line = format_infotext(entries)
+    assert 'Hires Demo blocks: ""' in line
+    parsed = parse_infotext(line)
+    assert parsed["Hires Demo blocks"] == ""
+    assert validate_api_dict(GROUPS, from_infotext(GROUPS, parsed)).values == values.values
+    assert from_infotext(GROUPS, {"Hires Demo blocks": '""'}) == {"demo_blocks": ""}  # still quoted
+
+
 def test_infotext_partial_quoted_and_bad_values() -> None:
     assert from_infotext(GROUPS, {"Hires Demo steps": "12"}) == {"demo_steps": 12}
     assert parse_infotext(format_infotext({"Hires Demo blocks": "a, b: c"})) == {"Hires Demo blocks": "a, b: c"}

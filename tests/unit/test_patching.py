@@ -81,3 +81,21 @@ def test_all_undos_run_even_if_one_fails() -> None:
         scope.restore()
     assert model[0].dilation == (1, 1) and model[2].padding == (1, 1)
     assert not scope.active
+
+
+def test_live_registry_lists_unrestored_scopes_and_restores_them() -> None:
+    from lib_hires.patching import LIVE
+
+    model = small_model()
+    before = model_state(model)
+    assert len(LIVE) == 0
+    with PatchScope() as done:
+        done.set_attr(model[0], "dilation", (2, 2))
+        assert len(LIVE) == 1
+    assert len(LIVE) == 0
+    leftover = PatchScope()  # e.g. a process killed between patch and restore
+    leftover.wrap_forward(model[2], lambda fwd, h: fwd(h))
+    leftover.set_attr(model[0], "padding", (0, 0))
+    assert len(LIVE) == 1
+    assert LIVE.restore_all() == 1
+    assert len(LIVE) == 0 and model_state(model) == before

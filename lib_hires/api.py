@@ -1,0 +1,104 @@
+"""The script's arguments as the WebUI hands them over, and their validation before a job starts.
+
+`alwayson_scripts["hires methods"]["args"]` is either `[{...}]`, a versioned dict of parameters
+(keys from `params.py`; omitted keys take defaults; `enabled` defaults to true since sending the dict
+means "use it"), or the UI's positional values in field order (what the UI itself sends; choices by
+label or key).
+
+The WebUIs catch every exception a script raises, so an invalid dict cannot stop a job from inside
+the script. `ApiValidation` is a plain ASGI middleware that checks the script's arguments in
+`/sdapi/v1/txt2img` and `/sdapi/v1/img2img` requests first and answers HTTP 422 naming every bad
+field and what it allows; valid requests pass through untouched.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from .params import GROUPS, ParamError, Settings, all_fields, from_ui, validate_api_dict
+
+SCRIPT_KEY = "hires methods"
+VALIDATED_PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
+
+
+def settings_from_args(args: Sequence[object]) -> Settings:
+    """Settings from the script's argument slice: a dict in `args[0]`, or positional UI values."""
+    if args and isinstance(args[0], dict):
+        return validate_api_dict(GROUPS, {"enabled": True, **args[0]})
+    fields = all_fields(GROUPS)
+    if len(args) > len(fields):
+        raise ParamError({"args": f"expected at most {len(fields)} positional values, got {len(args)}"})
+    data: dict[str, object] = {}
+    for field, value in zip(fields, args):
+        spec = field.spec
+        if spec.choices is not None and spec.choice_labels is not None and value in spec.choice_labels:
+            value = spec.choices[spec.choice_labels.index(value)]
+        data[field.api_key] = value
+    return from_ui(GROUPS, data)
+
+
+def request_problem(body: bytes) -> dict[str, object] | None:
+    """The 422 payload for a txt2img/img2img request body whose Hires Methods args are invalid, else None."""
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError:
+        return None  # not ours to judge: the WebUI answers malformed JSON itself
+    scripts = request.get("alwayson_scripts") if isinstance(request, dict) else None
+    if not isinstance(scripts, dict):
+        return None
+    entry = next((value for key, value in scripts.items() if key.lower() == SCRIPT_KEY), None)
+    args = entry.get("args") if isinstance(entry, dict) else None
+    if not isinstance(args, list) or not args:
+        return None
+    try:
+        settings_from_args(args)
+    except ParamError as error:
+        return {"error": "HiresMethodsArgs", "detail": f"alwayson_scripts['{SCRIPT_KEY}'] args: {error}",
+                "errors": error.problems}
+    return None
+
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class ApiValidation:
+    """ASGI middleware answering 422 for requests with invalid Hires Methods args (see module docstring)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") != "http" or scope.get("method") != "POST" or scope.get("path") not in VALIDATED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, receive, send)  # disconnected: let the app see it
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        problem = request_problem(body)
+        if problem is not None:
+            payload = json.dumps(problem).encode()
+            await send({"type": "http.response.start", "status": 422,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        replayed = False
+
+        async def replay() -> MutableMapping[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

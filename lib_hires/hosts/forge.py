@@ -1,0 +1,98 @@
+"""Forge (f2.0.1) adapter: the model, and one hooked sampling pass.
+
+* UNet: `p.sd_model.forge_objects.unet` is a `UnetPatcher`; its `model.diffusion_model` keeps the LDM
+  module tree. Forge resets `forge_objects` before every pass, so model-call hooks go on a *clone*
+  (`set_model_unet_function_wrapper`, chained to any wrapper already there) and there is nothing to
+  undo; the hires pass calls `process_before_every_sampling` twice, and each call simply redoes it.
+* Model calls: the wrapper gets `apply_model` (unscaled latent, sigma -> denoised) and the batch as
+  chunks of one batch each, `cond_or_uncond` saying which chunk is cond (0) or uncond (1).
+* The conv modules are shared by every clone, so the UNet itself is patched inside the sampler run
+  only and restored in `finally` (`hosts.sampler.wrap_pass_sampler`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..job import JobPlan
+from ..sampling.hooks import ModelCall, PassSlot, Rows, take_rows
+from .sampler import wrap_pass_sampler
+
+UnetWrapper = Callable[[Callable[..., torch.Tensor], dict[str, Any]], torch.Tensor]
+
+
+def unet_of(sd_model: Any) -> nn.Module:
+    return sd_model.forge_objects.unet.model.diffusion_model
+
+
+def native_size(sd_model: Any) -> int | None:
+    """1024 for SDXL, 768 for v-prediction SD2 models; None lets the family decide (512)."""
+    if getattr(sd_model, "is_sdxl", False):
+        return 1024
+    predictor = getattr(sd_model.forge_objects.unet.model, "predictor", None)
+    if getattr(sd_model, "is_sd2", False) and getattr(predictor, "prediction_type", "") == "v_prediction":
+        return 768
+    return None
+
+
+def _chunk_kinds(rows: Rows, chunk: int) -> list[int]:
+    """`cond_or_uncond` for rows laid out in chunks of `chunk` rows (0 = cond, 1 = uncond)."""
+    return [1 if rows.uncond[start] else 0 for start in range(0, len(rows.uncond), chunk)]
+
+
+def _take_forge_cond(c: dict[str, Any], indices: Sequence[int], total: int, rows: Rows, chunk: int) -> dict[str, Any]:
+    """Rows of Forge's conditioning dict, with the chunk bookkeeping in `transformer_options` redone."""
+    taken = take_rows(c, indices, total)
+    kinds = _chunk_kinds(rows.take(indices), chunk)
+    options = dict(taken.get("transformer_options", {}))
+    options["cond_or_uncond"] = kinds
+    options["cond_indices"] = [i for i, kind in enumerate(kinds) if kind == 0]
+    options["uncond_indices"] = [i for i, kind in enumerate(kinds) if kind == 1]
+    taken["transformer_options"] = options
+    return taken
+
+
+def unet_wrapper(slot: PassSlot, previous: UnetWrapper | None) -> UnetWrapper:
+    """The `model_function_wrapper` routing Forge's batched calls through the current pass's hooks,
+    then to `previous` (another extension's wrapper, never an earlier one of ours)."""
+    previous = getattr(previous, "hires_methods_previous", previous)
+
+    def run(apply_model: Callable[..., torch.Tensor], args: dict[str, Any]) -> torch.Tensor:
+        if previous is not None:
+            return previous(apply_model, args)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    def wrapper(apply_model: Callable[..., torch.Tensor], args: dict[str, Any]) -> torch.Tensor:
+        current = slot.current
+        if current is None or current.step is None:
+            return run(apply_model, args)
+        x = args["input"]
+        kinds = list(args["cond_or_uncond"])
+        chunk = x.shape[0] // len(kinds)
+        rows = Rows(tuple(i % chunk for i in range(x.shape[0])), tuple(kinds[i // chunk] == 1 for i in range(x.shape[0])))
+
+        def base(call: ModelCall) -> torch.Tensor:
+            return run(apply_model, {**args, "input": call.x, "timestep": call.sigma, "c": call.cond,
+                                     "cond_or_uncond": _chunk_kinds(call.rows, chunk)})
+
+        call = ModelCall(x, args["timestep"], args["c"], rows, current.step,
+                         take_cond=lambda c, idx: _take_forge_cond(c, idx, x.shape[0], rows, chunk))
+        return current.call(call, base)
+
+    wrapper.hires_methods_previous = previous  # type: ignore[attr-defined]
+    return wrapper
+
+
+def before_sampling(p: Any, plan: JobPlan, slot: PassSlot, warn: Callable[[str], None]) -> None:
+    """Hook the pass about to sample (`process_before_every_sampling`), if the plan has it."""
+    pass_name = "hires" if getattr(p, "is_hr_pass", False) else "first"
+    if pass_name not in plan.plans:
+        return
+    patcher = p.sd_model.forge_objects.unet.clone()
+    previous = patcher.model_options.get("model_function_wrapper")
+    patcher.set_model_unet_function_wrapper(unet_wrapper(slot, previous))
+    p.sd_model.forge_objects.unet = patcher
+    wrap_pass_sampler(p.sampler, plan, pass_name, patcher.model.diffusion_model, slot, warn)

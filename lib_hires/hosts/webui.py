@@ -1,0 +1,300 @@
+"""WebUI glue shared by A1111 and Forge: the accordion, infotext, X/Y/Z axes, API validation, jobs.
+
+`scripts/hires_methods.py` only forwards the Script hooks here. Everything the user can set comes
+from `params.py`: one component per field, in field order (so the UI's positional args, the API's
+positional fallback and the infotext fields cannot drift apart).
+"""
+from __future__ import annotations
+
+import html
+import importlib.util
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from modules import script_callbacks, scripts, shared
+from modules.ui_components import InputAccordion
+
+from ..api import ApiValidation, settings_from_args
+from ..job import JobPlan, PassSize, plan_job
+from ..methods.scalecrafter import resolved_params
+from ..params import (
+    GROUPS, INFOTEXT_PREFIX, Field, ParamError, ScaleCrafterParams, all_fields, xyz_axes,
+)
+from ..patching import LIVE
+from ..sampling.hooks import PassSlot
+
+IS_FORGE = importlib.util.find_spec("modules_forge") is not None
+if IS_FORGE:
+    from . import forge as host
+else:
+    from . import a1111 as host
+
+TITLE = "Hires Methods"  # the API key is its lower case: never rename
+JOB_ATTR = "hires_methods_job"  # the job's state, kept on `p` (X/Y/Z copies `p` per cell)
+XYZ_ATTR = "hires_methods_xyz"  # X/Y/Z overrides for the cell: {api_key: value}
+# txt2img controls the summary line follows: captured by elem_id as the WebUI creates them
+CORE_IDS = ("txt2img_width", "txt2img_height", "txt2img_steps", "txt2img_hr-checkbox", "txt2img_hr_scale",
+            "txt2img_hr_resize_x", "txt2img_hr_resize_y", "txt2img_hires_steps")
+
+
+def log(text: str) -> None:
+    print(f"[{TITLE}] {text}")
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+@dataclass
+class JobState:
+    plan: JobPlan
+    slot: PassSlot = field(default_factory=PassSlot)
+
+
+def _our_keys(params: dict[str, Any]) -> list[str]:
+    return [key for key in params if key.startswith(INFOTEXT_PREFIX) and key not in WEBUI_HIRES_KEYS]
+
+
+# the WebUIs' own hires-fix keys share our prefix; never touch them
+WEBUI_HIRES_KEYS = frozenset({
+    "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Hires sampler", "Hires schedule type",
+    "Hires checkpoint", "Hires prompt", "Hires negative prompt", "Hires CFG Scale", "Hires Distilled CFG Scale",
+    "Hires Module 1", "Hires Module 2", "Hires Module 3", "Hires Module 4",
+})
+
+
+def hires_target(p: Any) -> tuple[int, int]:
+    """The hires pass's size: the WebUI's own value once `p.init` ran, else computed like it does."""
+    if getattr(p, "hr_upscale_to_x", 0):
+        return p.hr_upscale_to_x, p.hr_upscale_to_y
+    return _hires_size(p.width, p.height, p.hr_scale, p.hr_resize_x, p.hr_resize_y)
+
+
+def _hires_size(width: int, height: int, scale: float, resize_x: int, resize_y: int) -> tuple[int, int]:
+    if not resize_x and not resize_y:
+        return int(width * scale), int(height * scale)
+    if not resize_y:
+        return resize_x, resize_x * height // width
+    if not resize_x:
+        return resize_y * width // height, resize_y
+    return resize_x, resize_y
+
+
+def start_job(p: Any, args: Sequence[object]) -> None:
+    """`process_batch` of the first batch: settings, plan, infotext. Never raises: a problem becomes a
+    warning in the infotext and the job runs unmodified."""
+    if getattr(p, JOB_ATTR, None) is not None:
+        return
+    leftovers = LIVE.restore_all()
+    if leftovers:
+        log(f"restored {leftovers} patch scope(s) left over from an earlier job")
+    for key in _our_keys(p.extra_generation_params):  # X/Y/Z cells share this dict
+        del p.extra_generation_params[key]
+    try:
+        settings = settings_from_args(args)
+        overrides = getattr(p, XYZ_ATTR, None)
+        if overrides:
+            settings = settings.with_overrides(overrides)
+    except ParamError as error:
+        log(f"invalid settings, job runs unmodified: {error}")
+        p.extra_generation_params[f"{INFOTEXT_PREFIX}warning"] = f"invalid settings ({error}); not applied"
+        setattr(p, JOB_ATTR, JobState(JobPlan({}, {}, (str(error),), "invalid")))
+        return
+    hires = None
+    if getattr(p, "enable_hr", False):
+        width, height = hires_target(p)
+        hires = PassSize("hires", width, height, getattr(p, "hr_second_pass_steps", 0) or p.steps)
+    plan = plan_job(settings, host.unet_of(p.sd_model), host.native_size(p.sd_model),
+                    PassSize("first", p.width, p.height, p.steps), hires)
+    p.extra_generation_params.update(plan.infotext)
+    if plan.runs or plan.warnings:
+        log(plan.summary)
+    setattr(p, JOB_ATTR, JobState(plan))
+
+
+def before_sampling(p: Any) -> None:
+    """`process_before_every_sampling`: hook this pass of the job's plan (idempotent)."""
+    state: JobState | None = getattr(p, JOB_ATTR, None)
+    if state is None or not state.plan.runs:
+        return
+
+    def warn(text: str) -> None:
+        log(text)
+        p.extra_generation_params[f"{INFOTEXT_PREFIX}warning"] = text
+
+    host.before_sampling(p, state.plan, state.slot, warn)
+
+
+def finish_job(p: Any) -> None:
+    """`postprocess`: forget the job (patches are already restored at the end of each sampler run)."""
+    if getattr(p, JOB_ATTR, None) is not None:
+        setattr(p, JOB_ATTR, None)
+
+
+# --- the accordion ----------------------------------------------------------------------------
+
+def _label(field: Field, value: object) -> object:
+    spec = field.spec
+    if spec.choices is not None and spec.choice_labels is not None and value in spec.choices:
+        return spec.choice_labels[spec.choices.index(value)]
+    return value
+
+
+def _component(field: Field, elem_id: str) -> Any:
+    spec = field.spec
+    value = _label(field, field.default)
+    if spec.choices is not None:
+        return gr.Dropdown(label=spec.label, choices=list(spec.choice_labels or spec.choices), value=value,
+                           elem_id=elem_id)
+    if field.type is bool:
+        return gr.Checkbox(label=spec.label, value=value, elem_id=elem_id)
+    if field.type in (int, float) and spec.minimum is not None and spec.maximum is not None:
+        return gr.Slider(label=spec.label, minimum=spec.minimum, maximum=spec.maximum, step=spec.step or 1,
+                         value=value, elem_id=elem_id)
+    return gr.Textbox(label=spec.label, value=value, lines=1, elem_id=elem_id)
+
+
+class Accordion:
+    """Owns the components, their events, the infotext fields and the paste names."""
+
+    def __init__(self, script: scripts.Script) -> None:
+        self.script = script
+        self.fields = all_fields(GROUPS)
+        self.components: dict[str, Any] = {}
+        self.core: dict[str, Any] = {}
+
+    def capture(self, component: Any, elem_id: str | None) -> None:
+        """`after_component`: remember the txt2img controls the summary follows."""
+        if elem_id in CORE_IDS:
+            self.core[elem_id] = component
+
+    def build(self) -> list[Any]:
+        by_key = {f.api_key: f for f in self.fields}
+        eid = self.script.elem_id
+        with InputAccordion(False, label=TITLE, elem_id=eid("enabled")) as enabled:
+            self.components["enabled"] = enabled
+            self.components["method"] = _component(by_key["method"], eid("method"))
+            with gr.Group(elem_classes=["hires-methods-group"]) as scalecrafter_group:
+                for f in self.fields:
+                    if f.group is ScaleCrafterParams:
+                        self.components[f.api_key] = _component(f, eid(f.api_key))
+            self.summary = gr.HTML(elem_id=eid("summary"), elem_classes=["hires-methods-summary"])
+            gr.HTML(self._help_json(), elem_id=eid("help"), elem_classes=["hires-methods-help"])
+        ordered = [self.components[f.api_key] for f in self.fields]
+        self._wire(ordered, scalecrafter_group)
+        self.script.infotext_fields = [(self.components[f.api_key], self._paste(f)) for f in self.fields]
+        self.script.paste_field_names = [f.infotext_key for f in self.fields] + [f"{INFOTEXT_PREFIX}version"]
+        return ordered
+
+    def _help_json(self) -> str:
+        """Hover help for every control (applied by javascript/hires_methods.js)."""
+        return html.escape(json.dumps({self.script.elem_id(f.api_key): f.spec.help for f in self.fields}))
+
+    def _paste(self, f: Field) -> Callable[[dict[str, str]], object]:
+        """The component value for an infotext: an infotext with our keys fully describes our settings
+        (a missing key is the default); without them only "enabled" is set (to off). None = untouched."""
+        def value(params: dict[str, str]) -> object:
+            ours = f"{INFOTEXT_PREFIX}method" in params
+            if f.api_key == "enabled":
+                return ours
+            if not ours:
+                return None
+            text = params.get(f.infotext_key)
+            try:
+                return _label(f, f.default if text is None else f.from_text(text))
+            except ValueError:
+                return None
+        return value
+
+    def _wire(self, ordered: list[Any], scalecrafter_group: Any) -> None:
+        method = self.components["method"]
+        method.change(lambda m: gr.update(visible=m == "ScaleCrafter"), inputs=[method], outputs=[scalecrafter_group],
+                      show_progress=False)
+        preset_fields = [f for f in self.fields if f.spec.from_preset]
+        core = [self.core[k] for k in CORE_IDS if k in self.core]
+        core_ids = [k for k in CORE_IDS if k in self.core]
+        outputs = [self.summary, *(self.components[f.api_key] for f in preset_fields)]
+
+        def refresh(*values: Any) -> list[Any]:
+            ours, theirs = values[:len(ordered)], dict(zip(core_ids, values[len(ordered):]))
+            return self.refresh(ours, theirs, preset_fields)
+
+        for component in [*ordered, *core]:
+            component.change(refresh, inputs=[*ordered, *core], outputs=outputs, show_progress=False)
+
+    def refresh(self, ours: Sequence[Any], core: dict[str, Any], preset_fields: list[Field]) -> list[Any]:
+        """The summary line and the preset-controlled fields for the current controls."""
+        keep = [gr.update() for _ in preset_fields]
+        try:
+            settings = settings_from_args([True, *ours[1:]])
+        except ParamError as error:
+            return [f"<span class='hires-methods-error'>{html.escape(str(error))}</span>", *keep]
+        sd_model = shared.sd_model
+        if sd_model is None:
+            return ["<span>Model not loaded yet: the plan shows once a model is loaded.</span>", *keep]
+        width, height = int(core.get("txt2img_width", 512)), int(core.get("txt2img_height", 512))
+        steps = int(core.get("txt2img_steps", 20))
+        hires = None
+        if core.get("txt2img_hr-checkbox"):
+            hx, hy = _hires_size(width, height, float(core.get("txt2img_hr_scale", 2.0)),
+                                 int(core.get("txt2img_hr_resize_x", 0)), int(core.get("txt2img_hr_resize_y", 0)))
+            hires = PassSize("hires", hx, hy, int(core.get("txt2img_hires_steps", 0)) or steps)
+        try:
+            plan = plan_job(settings, host.unet_of(sd_model), host.native_size(sd_model),
+                            PassSize("first", width, height, steps), hires)
+        except Exception as error:  # the UI must never break on a model we cannot inspect
+            return [f"<span class='hires-methods-error'>{html.escape(str(error))}</span>", *keep]
+        enabled = "" if ours[0] else "(off) "
+        summary = f"<span>{enabled}{html.escape(plan.summary)}</span>"
+        if settings[ScaleCrafterParams].preset == "custom" or not plan.plans:
+            return [summary, *(gr.update(interactive=True) for _ in preset_fields)]
+        resolved = plan.plans[list(plan.plans)[-1]].resolution
+        params = resolved_params(settings[ScaleCrafterParams], resolved)
+        return [summary, *(gr.update(value=_label(f, getattr(params, f.name)), interactive=False)
+                           for f in preset_fields)]
+
+
+# --- X/Y/Z plot -------------------------------------------------------------------------------
+
+def register_xyz_axes() -> None:
+    """Add our axes to the X/Y/Z plot script (at import time, so the API sees them too)."""
+    data = next((d for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py"), None)
+    if data is None:
+        log("X/Y/Z plot script not found: no [Hires] axes")
+        return
+    xyz = data.module
+    known = {option.label for option in xyz.axis_options}
+    for axis in xyz_axes(GROUPS):
+        if axis.label in known:
+            continue
+        kind = axis.field.type if axis.field.type in (int, float) else str
+
+        def apply(p: Any, value: Any, _values: Any, axis: Any = axis) -> None:
+            setattr(p, XYZ_ATTR, {**getattr(p, XYZ_ATTR, {}), axis.field.api_key: axis.parse(str(value))})
+
+        def confirm(_p: Any, values: Sequence[Any], axis: Any = axis) -> None:
+            for value in values:
+                try:
+                    axis.parse(str(value))
+                except ValueError as error:
+                    raise RuntimeError(f"{axis.label}: {error}") from None
+
+        choices = (lambda axis=axis: list(axis.choices)) if axis.choices else None
+        xyz.axis_options.append(xyz.AxisOptionTxt2Img(axis.label, kind, apply, confirm=confirm, choices=choices))
+
+
+# --- API --------------------------------------------------------------------------------------
+
+def install_api_validation(_demo: Any, app: Any) -> None:
+    """`on_app_started`: answer 422 for invalid Hires Methods args before a job starts."""
+    if any(getattr(m, "cls", None) is ApiValidation for m in app.user_middleware):
+        return
+    app.middleware_stack = None  # as the WebUI does when it adds its own middleware
+    app.add_middleware(ApiValidation)
+
+
+def register_callbacks() -> None:
+    script_callbacks.on_app_started(install_api_validation)
+    script_callbacks.on_script_unloaded(lambda: LIVE.restore_all())

@@ -1,0 +1,118 @@
+"""The extension through a real WebUI's API: dict and positional args, 422, infotext, X/Y/Z, hires, batch."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tests.webui.conftest import Result, WebUI
+
+# a setting that runs at any size (Auto leaves a 128 px SD1.5 job alone: it is below the native size)
+CUSTOM = {"scalecrafter_preset": "custom", "scalecrafter_dilation": "DB2=2 MB=3 UB0=2", "scalecrafter_tau": 1.0}
+
+
+def hires(*args: Any) -> dict[str, Any]:
+    return {"alwayson_scripts": {"hires methods": {"args": list(args)}}}
+
+
+def ours(infotext: str) -> dict[str, str]:
+    return dict(re.findall(r"(Hires (?:version|enabled|method|warning|ScaleCrafter [a-z ]+)): ([^,]*)", infotext))
+
+
+def test_script_info_has_readable_labels(webui: WebUI) -> None:
+    info = next(s for s in webui.get("/sdapi/v1/script-info") if s["name"] == "hires methods")
+    labels = [arg["label"] for arg in info["args"]]
+    assert labels[:4] == ["Hires Methods", "Method", "Preset", "Apply to"]
+    assert "Dilated steps" in labels and "Noise-damped CFG" in labels
+    assert "Auto" in info["args"][2]["choices"] and "Custom" in info["args"][2]["choices"]
+
+
+def test_disabled_is_untouched_and_dict_args_apply(webui: WebUI) -> None:
+    plain = webui.txt2img()
+    off = webui.txt2img(**hires({**CUSTOM, "enabled": False}))
+    on = webui.txt2img(**hires(CUSTOM))
+    assert plain.status == off.status == on.status == 200
+    assert off.image_hashes == plain.image_hashes
+    assert ours(off.infotexts[0]) == {}
+    assert on.image_hashes != plain.image_hashes
+    keys = ours(on.infotexts[0])
+    assert keys["Hires method"] == "scalecrafter" and keys["Hires ScaleCrafter dilation"] == "DB2=2 MB=3 UB0=2"
+    assert keys["Hires version"] == "1"
+
+
+def test_positional_args_like_the_ui(webui: WebUI) -> None:
+    info = next(s for s in webui.get("/sdapi/v1/script-info") if s["name"] == "hires methods")
+    args = [arg["value"] for arg in info["args"]]
+    labels = [arg["label"] for arg in info["args"]]
+    args[0] = True
+    args[labels.index("Preset")] = "Custom"
+    args[labels.index("Dilation")] = CUSTOM["scalecrafter_dilation"]
+    args[labels.index("Dilated steps")] = 1.0
+    positional = webui.txt2img(**hires(*args))
+    as_dict = webui.txt2img(**hires(CUSTOM))
+    assert positional.status == 200 and positional.image_hashes == as_dict.image_hashes
+
+
+def test_bad_dict_is_422_naming_the_field(webui: WebUI) -> None:
+    bad = webui.txt2img(**hires({"scalecrafter_tau": 1.5, "scalecrafter_preset": "sd15_4096", "bogus": 1}))
+    assert bad.status == 422
+    problems = bad.body["errors"]
+    assert set(problems) == {"scalecrafter_tau", "scalecrafter_preset", "bogus"}
+    assert "from 0 to 1" in problems["scalecrafter_tau"] and "'auto'" in problems["scalecrafter_preset"]
+    assert webui.txt2img(**hires({"version": 2})).status == 422
+
+
+def test_infotext_round_trip_through_the_api(webui: WebUI) -> None:
+    first = webui.txt2img(**hires({**CUSTOM, "scalecrafter_progressive": True}))
+    # "styles" set explicitly: Forge f2.0.1's infotext path crashes on its own styles field otherwise
+    replay = webui.txt2img(infotext=first.infotexts[0], styles=[])
+    assert replay.status == 200
+    assert ours(replay.infotexts[0]) == ours(first.infotexts[0])
+    assert replay.image_hashes == first.image_hashes
+
+
+def test_hires_pass_only_by_default(webui: WebUI) -> None:
+    job = {"enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 2, "denoising_strength": 0.5,
+           "hr_upscaler": "Latent"}
+    plain = webui.txt2img(**job)
+    on = webui.txt2img(**job, **hires(CUSTOM))
+    first_only = webui.txt2img(**job, **hires({**CUSTOM, "scalecrafter_apply_to": "first"}))
+    assert plain.status == on.status == first_only.status == 200
+    assert on.image_hashes != plain.image_hashes and first_only.image_hashes != plain.image_hashes
+    assert ours(on.infotexts[0])["Hires ScaleCrafter setting"].startswith('"hires pass')
+    assert ours(first_only.infotexts[0])["Hires ScaleCrafter setting"].startswith('"first pass')
+
+
+def test_batch_of_two(webui: WebUI) -> None:
+    plain = webui.txt2img(batch_size=2)
+    on = webui.txt2img(batch_size=2, **hires({**CUSTOM, "scalecrafter_ndcfg_dilation": "MB=2",
+                                              "scalecrafter_ndcfg_tau": 0.5}))
+    assert on.status == 200 and len(on.image_hashes) == 2
+    assert on.image_hashes[0] != on.image_hashes[1]
+    assert set(on.image_hashes).isdisjoint(plain.image_hashes)
+    assert all(ours(text)["Hires ScaleCrafter ndcfg dilation"] == "MB=2" for text in on.infotexts)
+
+
+def xyz_args(webui: WebUI, axis_label: str, values: list[str], choices: bool = False) -> dict[str, Any]:
+    """X/Y/Z plot args with one X axis; axes with choices take their values from the dropdown slot."""
+    info = next(s for s in webui.get("/sdapi/v1/script-info") if s["name"] == "x/y/z plot" and not s["is_img2img"])
+    x_type = info["args"][0]["choices"].index(axis_label)
+    text, dropdown = ("", values) if choices else (", ".join(values), [])
+    return {"script_name": "x/y/z plot",
+            "script_args": [x_type, text, dropdown, 0, "", [], 0, "", [], True, True, False, False, 0, 0, 0, 0, False]}
+
+
+def test_xyz_over_a_scalecrafter_parameter(webui: WebUI) -> None:
+    grid = webui.txt2img(**xyz_args(webui, "[Hires] ScaleCrafter Dilated steps", ["0.5", "1.0"]), **hires(CUSTOM))
+    assert grid.status == 200
+    cells = grid.infotexts[1:]  # the grid image comes first
+    assert [ours(text)["Hires ScaleCrafter tau"] for text in cells] == ["0.5", "1.0"]
+    assert len(set(grid.image_hashes[1:])) == 2
+
+
+def test_xyz_cell_that_disables_keeps_no_keys(webui: WebUI) -> None:
+    grid = webui.txt2img(**xyz_args(webui, "[Hires] Enabled", ["True", "False"], choices=True), **hires(CUSTOM))
+    assert grid.status == 200
+    enabled, disabled = grid.infotexts[1:]
+    assert ours(enabled)["Hires method"] == "scalecrafter"
+    assert ours(disabled) == {}
+    assert grid.image_hashes[2] == webui.txt2img().image_hashes[0]
