@@ -66,7 +66,7 @@ def _warning_entries(warnings: list[str]) -> dict[str, str]:
     return {f"{INFOTEXT_PREFIX}warning": " / ".join(warnings)} if warnings else {}
 
 
-def plan_job(settings: Settings, unet: nn.Module, native: int | None, first: PassSize,
+def plan_job(settings: Settings, unet: nn.Module | None, native: int | None, first: PassSize,
              hires: PassSize | None) -> JobPlan:
     """Plan the job; nothing runs (and only warnings are written) when the settings cannot apply."""
     general: General = settings[General]
@@ -106,3 +106,17 @@ def plan_job(settings: Settings, unet: nn.Module, native: int | None, first: Pas
         f"{name} pass: {plan.resolution.source}" for name, plan in plans.items())
     entries.update(_warning_entries(warnings))
     return JobPlan(plans, entries, tuple(warnings), "; ".join(lines + warnings))
+
+
+def preview(settings: Settings, unet: nn.Module, native: int | None, first: PassSize,
+            hires: PassSize | None) -> tuple[str, ScaleCrafterParams | None]:
+    """What the UI shows before Generate: the summary line, and the ScaleCrafter values the preset
+    resolves to for the last pass it runs in (None while the user edits them: preset Custom, or
+    nothing runs)."""
+    enabled = settings[General].enabled
+    plan = plan_job(settings if enabled else settings.with_overrides({"enabled": True}), unet, native, first, hires)
+    summary = plan.summary if enabled else f"(off) {plan.summary}"
+    params: ScaleCrafterParams = settings[ScaleCrafterParams]
+    if params.preset == "custom" or not plan.plans:
+        return summary, None
+    return summary, scalecrafter.resolved_params(params, plan.plans[list(plan.plans)[-1]].resolution)

@@ -32,6 +32,12 @@ from .unet import format_block_values, parse_block_list, parse_block_values
 API_VERSION = 1
 INFOTEXT_PREFIX = "Hires "
 XYZ_PREFIX = "[Hires] "
+# the WebUIs' own hires-fix infotext keys share our prefix: ours must never collide with them
+WEBUI_HIRES_KEYS = frozenset({
+    "Hires upscale", "Hires resize", "Hires resize-1", "Hires resize-2", "Hires steps", "Hires upscaler", "Hires sampler",
+    "Hires schedule type", "Hires checkpoint", "Hires prompt", "Hires negative prompt", "Hires CFG Scale",
+    "Hires Distilled CFG Scale", "Hires VAE/TE", "Hires Module 1", "Hires Module 2", "Hires Module 3",
+})
 
 
 @dataclass(frozen=True)
@@ -404,7 +410,7 @@ class ScaleCrafterParams(ParamGroup):
     apply_to: str = param(
         "auto", "Apply to",
         "Which pass is re-dilated, each for its own size. Auto: the hires pass when hires fix is on, else "
-        "the first pass (a pass at or below the model's native size is never changed).",
+        "the first pass. (The Auto preset leaves a pass at or below the model's native size unchanged.)",
         choices=("auto", "first", "hires", "both"), choice_labels=("Auto", "First pass", "Hires pass", "Both"))
     dilation: str = param(
         "DB1=2 DB2=2 DB3=2 MB=2 UB0=2 UB1=2 UB2=2", "Dilation",
@@ -437,3 +443,23 @@ class ScaleCrafterParams(ParamGroup):
 
 
 GROUPS: tuple[type[ParamGroup], ...] = (General, ScaleCrafterParams)
+
+
+def reference_markdown(groups: Sequence[type[ParamGroup]] = GROUPS) -> str:
+    """docs/parameters.md: every parameter with its API key, allowed values, default, infotext key and
+    X/Y/Z label (generated from this module; a test keeps the file in step)."""
+    lines = ["# Parameters", "",
+             "Generated from `lib_hires/params.py` by `python tools/gen_params_doc.py`; do not edit by hand.",
+             "", f"API dict version: {API_VERSION} (`\"version\": {API_VERSION}`, optional).", ""]
+    for group in groups:
+        lines += [f"## {group.TITLE or 'General'}", "", "| API key | allowed | default | infotext key | X/Y/Z axis | what it does |",
+                  "|---|---|---|---|---|---|"]
+        for f in fields(group):
+            default = json.dumps(f.default)
+            axis = f.xyz_label if f.spec.xyz else "-"
+            help_text = f.spec.help.replace("|", "\\|")
+            if f.spec.from_preset:
+                help_text += " *(from the preset unless given)*"
+            lines.append(f"| `{f.api_key}` | {f.allowed()} | `{default}` | `{f.infotext_key}` | `{axis}` | {help_text} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -19,10 +19,9 @@ from modules import script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
 from ..api import ApiValidation, settings_from_args
-from ..job import JobPlan, PassSize, plan_job
-from ..methods.scalecrafter import resolved_params
+from ..job import JobPlan, PassSize, plan_job, preview
 from ..params import (
-    GROUPS, INFOTEXT_PREFIX, Field, ParamError, ScaleCrafterParams, all_fields, xyz_axes,
+    GROUPS, INFOTEXT_PREFIX, WEBUI_HIRES_KEYS, Field, ParamError, ScaleCrafterParams, all_fields, xyz_axes,
 )
 from ..patching import LIVE
 from ..sampling.hooks import PassSlot
@@ -55,14 +54,6 @@ class JobState:
 
 def _our_keys(params: dict[str, Any]) -> list[str]:
     return [key for key in params if key.startswith(INFOTEXT_PREFIX) and key not in WEBUI_HIRES_KEYS]
-
-
-# the WebUIs' own hires-fix keys share our prefix; never touch them
-WEBUI_HIRES_KEYS = frozenset({
-    "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Hires sampler", "Hires schedule type",
-    "Hires checkpoint", "Hires prompt", "Hires negative prompt", "Hires CFG Scale", "Hires Distilled CFG Scale",
-    "Hires Module 1", "Hires Module 2", "Hires Module 3", "Hires Module 4",
-})
 
 
 def hires_target(p: Any) -> tuple[int, int]:
@@ -106,8 +97,11 @@ def start_job(p: Any, args: Sequence[object]) -> None:
     if getattr(p, "enable_hr", False):
         width, height = hires_target(p)
         hires = PassSize("hires", width, height, getattr(p, "hr_second_pass_steps", 0) or p.steps)
-    plan = plan_job(settings, host.unet_of(p.sd_model), host.native_size(p.sd_model),
-                    PassSize("first", p.width, p.height, p.steps), hires)
+    try:
+        unet, native = host.unet_of(p.sd_model), host.native_size(p.sd_model)
+    except AttributeError:  # not a UNet model (e.g. Flux in Forge): plan_job says so
+        unet, native = None, None
+    plan = plan_job(settings, unet, native, PassSize("first", p.width, p.height, p.steps), hires)
     p.extra_generation_params.update(plan.infotext)
     if plan.runs or plan.warnings:
         log(plan.summary)
@@ -227,10 +221,6 @@ class Accordion:
     def refresh(self, ours: Sequence[Any], core: dict[str, Any], preset_fields: list[Field]) -> list[Any]:
         """The summary line and the preset-controlled fields for the current controls."""
         keep = [gr.update() for _ in preset_fields]
-        try:
-            settings = settings_from_args([True, *ours[1:]])
-        except ParamError as error:
-            return [f"<span class='hires-methods-error'>{html.escape(str(error))}</span>", *keep]
         sd_model = shared.sd_model
         if sd_model is None:
             return ["<span>Model not loaded yet: the plan shows once a model is loaded.</span>", *keep]
@@ -242,18 +232,14 @@ class Accordion:
                                  int(core.get("txt2img_hr_resize_x", 0)), int(core.get("txt2img_hr_resize_y", 0)))
             hires = PassSize("hires", hx, hy, int(core.get("txt2img_hires_steps", 0)) or steps)
         try:
-            plan = plan_job(settings, host.unet_of(sd_model), host.native_size(sd_model),
-                            PassSize("first", width, height, steps), hires)
-        except Exception as error:  # the UI must never break on a model we cannot inspect
+            summary, resolved = preview(settings_from_args(list(ours)), host.unet_of(sd_model),
+                                        host.native_size(sd_model), PassSize("first", width, height, steps), hires)
+        except Exception as error:  # bad input or a model we cannot inspect: say so, never break the UI
             return [f"<span class='hires-methods-error'>{html.escape(str(error))}</span>", *keep]
-        enabled = "" if ours[0] else "(off) "
-        summary = f"<span>{enabled}{html.escape(plan.summary)}</span>"
-        if settings[ScaleCrafterParams].preset == "custom" or not plan.plans:
-            return [summary, *(gr.update(interactive=True) for _ in preset_fields)]
-        resolved = plan.plans[list(plan.plans)[-1]].resolution
-        params = resolved_params(settings[ScaleCrafterParams], resolved)
-        return [summary, *(gr.update(value=_label(f, getattr(params, f.name)), interactive=False)
-                           for f in preset_fields)]
+        if resolved is None:
+            return [f"<span>{html.escape(summary)}</span>", *(gr.update(interactive=True) for _ in preset_fields)]
+        return [f"<span>{html.escape(summary)}</span>",
+                *(gr.update(value=_label(f, getattr(resolved, f.name)), interactive=False) for f in preset_fields)]
 
 
 # --- X/Y/Z plot -------------------------------------------------------------------------------

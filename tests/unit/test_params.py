@@ -141,3 +141,12 @@ def test_xyz_axes() -> None:
     assert axes["[Hires] Demo Mode"].choices == ("fast", "exact")
     with pytest.raises(ValueError, match="allowed: an integer from 1 to 150"):
         axes["[Hires] Demo Steps"].parse("500")
+
+
+def test_parameter_reference_is_up_to_date() -> None:
+    from pathlib import Path
+
+    from lib_hires.params import reference_markdown
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "parameters.md"
+    assert doc.read_text() == reference_markdown() + "\n", "run: python tools/gen_params_doc.py"

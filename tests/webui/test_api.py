@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tests.webui.conftest import Result, WebUI
+from tests.webui.conftest import WebUI
 
 # a setting that runs at any size (Auto leaves a 128 px SD1.5 job alone: it is below the native size)
 CUSTOM = {"scalecrafter_preset": "custom", "scalecrafter_dilation": "DB2=2 MB=3 UB0=2", "scalecrafter_tau": 1.0}
@@ -116,3 +116,17 @@ def test_xyz_cell_that_disables_keeps_no_keys(webui: WebUI) -> None:
     assert ours(enabled)["Hires method"] == "scalecrafter"
     assert ours(disabled) == {}
     assert grid.image_hashes[2] == webui.txt2img().image_hashes[0]
+
+
+def test_interrupted_job_leaves_the_model_untouched(webui: WebUI) -> None:
+    import threading
+    import time
+
+    baseline = webui.txt2img(steps=3)
+    job = threading.Thread(target=lambda: webui.txt2img(steps=12, **hires({**CUSTOM, "scalecrafter_ndcfg_dilation":
+                                                                            "MB=2", "scalecrafter_ndcfg_tau": 1.0})))
+    job.start()
+    time.sleep(4)
+    webui.post("/sdapi/v1/interrupt", {})
+    job.join()
+    assert webui.txt2img(steps=3).image_hashes == baseline.image_hashes

@@ -1,0 +1,89 @@
+"""ScaleCrafter's cost per model call, as ratios to the plain UNet at the same latent size.
+
+The real LDM UNet at SD1.5 channel widths (320 base channels, 768-wide context, random weights),
+evaluated on a cond+uncond batch of 2 as the WebUIs do:
+
+* integer dilation: the SD1.5 1024x1024 code preset (DB1-UB2 at 2) through ScaleCrafter's call hook;
+* fractional dilation: the SD1.5 1280x1280 code preset (factor 2.5: dilation 3 on a 1.2x resized map);
+* ND-CFG: the SD1.5 2048x2048 code preset at its first step (factors 2/3/4 and the noise-damped
+  pass on the uncond row), per denoiser call.
+
+Rounds interleave the four measurements so machine noise hits them alike; medians are reported.
+Targets (issue 3): <= 1.05, <= 1.25, <= 1.55.
+
+    python bench/scalecrafter.py --quick      # 16x16 latent, under a minute on 2 CPU cores
+    python bench/scalecrafter.py              # 32x32 latent (256 px), more rounds
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import figure, timed  # noqa: E402
+from lib_hires.methods.scalecrafter import ScaleCrafterPass, bind  # noqa: E402
+from lib_hires.methods.scalecrafter import resolve  # noqa: E402
+from lib_hires.params import ScaleCrafterParams  # noqa: E402
+from lib_hires.patching import PatchScope  # noqa: E402
+from lib_hires.sampling.hooks import ModelCall, Rows  # noqa: E402
+from lib_hires.sampling.steps import Step  # noqa: E402
+from lib_hires.unet import ModelFamily, map_unet  # noqa: E402
+from tests.host.models import SD1, build_unet  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="16x16 latent and fewer rounds")
+    parser.add_argument("--size", type=int, help="latent side (a multiple of 8), overriding the mode's")
+    args = parser.parse_args()
+    size, rounds = (16, 3) if args.quick else (32, 5)
+    size = args.size or size
+    torch.manual_seed(0)
+    unet = build_unet(SD1, model_channels=320, context_dim=768)
+    unet_map = map_unet(unet)
+    x = torch.randn(2, 4, size, size)
+    t = torch.full((2,), 800.0)
+    context = torch.randn(2, 77, 768)
+    call = ModelCall(x, t, context, Rows((0, 0), (False, True)), Step(0, 50),
+                     take_cond=lambda c, idx: c[list(idx)])
+
+    def base(c: ModelCall) -> torch.Tensor:
+        return unet(c.x, c.sigma, context=c.cond)
+
+    def hooked(preset: str) -> Callable[[], torch.Tensor]:
+        pixels = {"sd15_1024x1024_code": 1024, "sd15_1280x1280_code": 1280, "sd15_2048x2048_code": 2048}[preset]
+        resolution = resolve(ScaleCrafterParams(preset=preset), frozenset(), ModelFamily.SD1, 512, pixels, pixels)
+        plan = bind(resolution, unet_map)
+
+        def run() -> torch.Tensor:
+            with PatchScope() as scope:
+                return ScaleCrafterPass(plan, unet, scope, warn=print).call_hook(call, base)
+
+        return run
+
+    cases = {"plain": lambda: base(call), "int": hooked("sd15_1024x1024_code"),
+             "frac": hooked("sd15_1280x1280_code"), "ndcfg": hooked("sd15_2048x2048_code")}
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    with torch.no_grad():
+        for fn in cases.values():  # warm-up: first calls allocate and pick kernels
+            fn()
+        for _ in range(rounds):
+            for name, fn in cases.items():
+                times[name].append(timed(fn)[1])
+    for name, values in times.items():
+        print(f"{name:6s} " + " ".join(f"{v:.3f}" for v in values) + " s")
+    plain = statistics.median(times["plain"])
+    print(f"latent {size}x{size}, batch 2, {rounds} rounds; median plain UNet call {plain:.3f} s")
+    figure("scalecrafter_int_dilation_call_ratio", statistics.median(times["int"]) / plain)
+    figure("scalecrafter_frac_dilation_call_ratio", statistics.median(times["frac"]) / plain)
+    figure("scalecrafter_ndcfg_call_ratio", statistics.median(times["ndcfg"]) / plain)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Planning a WebUI job: which passes run, warnings instead of errors, reproducible infotext."""
+from __future__ import annotations
+
+from torch import nn
+
+from lib_hires.job import PassSize, passes_for, plan_job, preview
+from lib_hires.params import (
+    GROUPS, WEBUI_HIRES_KEYS, Settings, all_fields, from_infotext, from_ui, to_api_dict, validate_api_dict,
+)
+from lib_hires.unet import map_unet
+from tests.host.host import Models
+
+FIRST = PassSize("first", 512, 512, 20)
+HIRES = PassSize("hires", 1024, 1024, 10)
+
+
+def settings(**data: object) -> Settings:
+    return validate_api_dict(GROUPS, {"enabled": True, **data})
+
+
+def test_off_when_disabled_or_no_method(sd1: Models) -> None:
+    for off in (settings(enabled=False), settings(method="none")):
+        plan = plan_job(off, sd1.unet, None, FIRST, HIRES)
+        assert not plan.runs and plan.infotext == {}
+
+
+def test_apply_to() -> None:
+    assert passes_for("auto", hires=True) == ("hires",) and passes_for("auto", hires=False) == ("first",)
+    assert passes_for("both", hires=True) == ("first", "hires") and passes_for("both", hires=False) == ("first",)
+    assert passes_for("hires", hires=False) == () and passes_for("first", hires=True) == ("first",)
+
+
+def test_hires_fix_dilates_the_hires_pass_for_its_own_size(sd1: Models) -> None:
+    plan = plan_job(settings(), sd1.unet, None, FIRST, HIRES)
+    assert list(plan.plans) == ["hires"]  # first pass at the native 512: Auto leaves it alone
+    assert plan.plans["hires"].resolution.source == "Auto: SD1.5 1024x1024 (code)"
+    assert plan.infotext["Hires ScaleCrafter setting"] == "hires pass: Auto: SD1.5 1024x1024 (code)"
+    both = plan_job(settings(scalecrafter_apply_to="both"), sd1.unet, None, PassSize("first", 1024, 1024, 20),
+                    PassSize("hires", 2048, 2048, 10))
+    assert list(both.plans) == ["first", "hires"]
+    assert both.plans["hires"].resolution.progressive and not both.plans["first"].resolution.progressive
+
+
+def test_problems_become_warnings_and_the_job_runs_unmodified(sd1: Models, sdxl: Models) -> None:
+    unsupported = plan_job(settings(), nn.Linear(2, 2), None, FIRST, None)
+    assert not unsupported.runs and "unsupported model" in unsupported.infotext["Hires warning"]
+    other_family = plan_job(settings(scalecrafter_preset="sdxl_2048x2048_code"), sd1.unet, None, FIRST, HIRES)
+    assert not other_family.runs
+    assert "scalecrafter_preset: SDXL 2048x2048 (code-effective) is for SDXL models; this model is SD1.x" \
+        in other_family.warnings[0]
+    no_db3 = plan_job(settings(scalecrafter_preset="custom", scalecrafter_dilation="DB3=2"), sdxl.unet, None,
+                      FIRST, HIRES)
+    assert not no_db3.runs and "scalecrafter_dilation" in no_db3.warnings[0] and "no block 'DB3'" in no_db3.warnings[0]
+    hires_off = plan_job(settings(scalecrafter_apply_to="hires"), sd1.unet, None, FIRST, None)
+    assert not hires_off.runs and "hires fix is off" in hires_off.infotext["Hires warning"]
+
+
+def test_explicit_keys_override_the_preset(sd1: Models) -> None:
+    plan = plan_job(settings(scalecrafter_tau=0.3, scalecrafter_progressive=False), sd1.unet, None,
+                    PassSize("first", 2048, 2048, 20), None)
+    resolution = plan.plans["first"].resolution
+    assert resolution.tau == 0.3 and not resolution.progressive
+    assert dict(resolution.dilation) == {"DB1": 2, "DB2": 3, "DB3": 4, "MB": 4, "UB0": 4, "UB1": 3, "UB2": 2}
+    assert resolution.source == "Auto: SD1.5 2048x2048 (code) (set: tau, progressive)"
+
+
+def test_infotext_reproduces_the_plan_and_never_collides(sd1: Models) -> None:
+    user = settings(scalecrafter_ndcfg=True)
+    plan = plan_job(user, sd1.unet, None, PassSize("first", 1536, 1536, 20), None)
+    assert plan.infotext["Hires ScaleCrafter dilation"] == "DB1=3 DB2=3 DB3=3 MB=3 UB0=3 UB1=3 UB2=3"
+    assert plan.infotext["Hires ScaleCrafter tau"] == "0.7"
+    assert plan.infotext["Hires ScaleCrafter preset"] == "auto"
+    assert not set(plan.infotext) & WEBUI_HIRES_KEYS
+    assert not {f.infotext_key for f in all_fields(GROUPS)} & WEBUI_HIRES_KEYS
+    # pasting fills the UI controls, which come back as positional args: the preset decides again
+    controls = {**to_api_dict(validate_api_dict(GROUPS, {}).values.values()), **from_infotext(GROUPS, plan.infotext)}
+    pasted = from_ui(GROUPS, controls)
+    again = plan_job(pasted, sd1.unet, None, PassSize("first", 1536, 1536, 20), None)
+    assert again.plans["first"].convs == plan.plans["first"].convs
+    assert again.infotext == plan.infotext
+
+
+def test_preview(sd1: Models) -> None:
+    summary, resolved = preview(settings(enabled=False), sd1.unet, None, PassSize("first", 1024, 1024, 20), None)
+    assert summary.startswith("(off) first pass 1024x1024: Auto: SD1.5 1024x1024 (code)")
+    assert "first 12 of 20 steps" in summary
+    assert resolved is not None and resolved.dilation == "DB1=2 DB2=2 DB3=2 MB=2 UB0=2 UB1=2 UB2=2"
+    _, custom = preview(settings(scalecrafter_preset="custom"), sd1.unet, None, PassSize("first", 1024, 1024, 20), None)
+    assert custom is None
+    assert map_unet(sd1.unet).family.value == "sd1"
