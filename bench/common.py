@@ -82,10 +82,12 @@ def _in_child(fn: Callable[..., Any], args: tuple) -> Measurement:
     parent, child = context.Pipe()
     process = context.Process(target=_child, args=(child, fn, args))
     process.start()
+    child.close()  # the child's end lives in the child only, so its death reads as EOF here
     try:
         status, value, peak = parent.recv()
         parent.send("done")
     except EOFError as error:
+        process.join()
         raise RuntimeError(f"benchmark child died (exit code {process.exitcode}; out of memory?)") from error
     finally:
         process.join()
