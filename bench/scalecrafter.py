@@ -8,17 +8,19 @@ evaluated on a cond+uncond batch of 2 as the WebUIs do:
 * ND-CFG: the SD1.5 2048x2048 code preset at its first step (factors 2/3/4 and the noise-damped
   pass on the uncond row), per denoiser call.
 
-Rounds interleave the four measurements so machine noise hits them alike; medians are reported.
-Targets (issue 3): <= 1.05, <= 1.25, <= 1.55.
+Times are the CPU time of one thread (`torch.set_num_threads(1)`, `time.thread_time`), so other work
+on the machine does not change them; rounds interleave the four measurements and medians are
+reported. Targets (issue 3): <= 1.05, <= 1.25, <= 1.55.
 
     python bench/scalecrafter.py --quick      # 16x16 latent, under a minute on 2 CPU cores
-    python bench/scalecrafter.py              # 32x32 latent (256 px), more rounds
+    python bench/scalecrafter.py              # 64x64 latent (512 px): compute-bound, ~15 min
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import figure, timed  # noqa: E402
+from bench.common import figure  # noqa: E402
 from lib_hires.methods.scalecrafter import ScaleCrafterPass, bind  # noqa: E402
 from lib_hires.methods.scalecrafter import resolve  # noqa: E402
 from lib_hires.params import ScaleCrafterParams  # noqa: E402
@@ -41,9 +43,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="16x16 latent and fewer rounds")
     parser.add_argument("--size", type=int, help="latent side (a multiple of 8), overriding the mode's")
+    parser.add_argument("--rounds", type=int, help="measurement rounds, overriding the mode's")
     args = parser.parse_args()
-    size, rounds = (16, 3) if args.quick else (32, 5)
-    size = args.size or size
+    size, rounds = (16, 3) if args.quick else (64, 3)
+    size, rounds = args.size or size, args.rounds or rounds
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     unet = build_unet(SD1, model_channels=320, context_dim=768)
     unet_map = map_unet(unet)
@@ -75,11 +79,13 @@ def main() -> None:
             fn()
         for _ in range(rounds):
             for name, fn in cases.items():
-                times[name].append(timed(fn)[1])
+                start = time.thread_time()
+                fn()
+                times[name].append(time.thread_time() - start)
     for name, values in times.items():
-        print(f"{name:6s} " + " ".join(f"{v:.3f}" for v in values) + " s")
+        print(f"{name:6s} " + " ".join(f"{v:.3f}" for v in values) + " s CPU")
     plain = statistics.median(times["plain"])
-    print(f"latent {size}x{size}, batch 2, {rounds} rounds; median plain UNet call {plain:.3f} s")
+    print(f"latent {size}x{size}, batch 2, {rounds} rounds, 1 thread; median plain UNet call {plain:.3f} s CPU")
     figure("scalecrafter_int_dilation_call_ratio", statistics.median(times["int"]) / plain)
     figure("scalecrafter_frac_dilation_call_ratio", statistics.median(times["frac"]) / plain)
     figure("scalecrafter_ndcfg_call_ratio", statistics.median(times["ndcfg"]) / plain)

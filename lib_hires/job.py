@@ -8,12 +8,12 @@ lacks) becomes a warning here, and the job then runs unmodified (DESIGN.md rule 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
 from .methods import scalecrafter
-from .params import INFOTEXT_PREFIX, General, ScaleCrafterParams, Settings, to_infotext
+from .params import INFOTEXT_PREFIX, General, ScaleCrafterParams, Settings, TiledVAEParams, to_infotext
 from .patching import PatchScope
 from .sampling.hooks import PassHooks
 from .unet import UNetMap, UnsupportedModel, map_unet
@@ -33,12 +33,14 @@ class PassSize:
 
 @dataclass(frozen=True)
 class JobPlan:
-    """What runs: a ScaleCrafter plan per pass name, the infotext entries, warnings, a summary line."""
+    """What runs: a ScaleCrafter plan per pass name, the tiled VAE's settings (None: off), the
+    infotext entries, warnings and a summary line."""
 
     plans: Mapping[str, scalecrafter.Plan]
     infotext: Mapping[str, str]
     warnings: tuple[str, ...]
     summary: str
+    tiled_vae: TiledVAEParams | None = None
 
     @property
     def runs(self) -> bool:
@@ -68,9 +70,28 @@ def _warning_entries(warnings: list[str]) -> dict[str, str]:
 
 def plan_job(settings: Settings, unet: nn.Module | None, native: int | None, first: PassSize,
              hires: PassSize | None) -> JobPlan:
-    """Plan the job; nothing runs (and only warnings are written) when the settings cannot apply."""
+    """Plan the job: the method's passes (see `plan_method`) and the tiled VAE."""
     general: General = settings[General]
-    if not general.enabled or general.method == "none":
+    tiles: TiledVAEParams = settings[TiledVAEParams]
+    if not general.enabled:
+        return JobPlan({}, {}, (), "off")
+    method = plan_method(settings, unet, native, first, hires)
+    if not tiles.enabled:
+        return method
+    infotext = {**to_infotext([general, tiles]), **method.infotext}
+    mode = {"off": "", "nan": ", fp32 on NaN", "always": ", fp32"}[tiles.fp32]
+    sizes = ", ".join(f"{name} {tile or 'auto'}" for name, tile in (("decoder", tiles.decoder_tile),
+                                                                    ("encoder", tiles.encoder_tile)))
+    summary = f"Tiled VAE ({sizes}{mode})" + ("" if method.summary == "off" else f"; {method.summary}")
+    return replace(method, infotext=infotext, summary=summary, tiled_vae=tiles)
+
+
+def plan_method(settings: Settings, unet: nn.Module | None, native: int | None, first: PassSize,
+                hires: PassSize | None) -> JobPlan:
+    """Plan the method's passes; nothing runs (and only warnings are written) when the settings
+    cannot apply."""
+    general: General = settings[General]
+    if general.method == "none":
         return JobPlan({}, {}, (), "off")
     warnings: list[str] = []
     try:

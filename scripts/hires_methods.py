@@ -21,7 +21,7 @@ class HiresMethodsScript(scripts.Script):
         return webui.TITLE
 
     def show(self, is_img2img: bool) -> object:
-        return False if is_img2img else scripts.AlwaysVisible
+        return scripts.AlwaysVisible
 
     def ui(self, is_img2img: bool) -> list[Any]:
         if self.accordion is None:
@@ -31,10 +31,13 @@ class HiresMethodsScript(scripts.Script):
     def after_component(self, component: Any, **kwargs: Any) -> None:
         if self.accordion is None:
             self.accordion = webui.Accordion(self)
-        self.accordion.capture(component, kwargs.get("elem_id"))
+        self.accordion.capture(component, kwargs.get("elem_id"), "img2img" if self.is_img2img else "txt2img")
+
+    def process(self, p: Any, *args: Any) -> None:
+        webui.start_job(p, args)
 
     def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
-        webui.start_job(p, args)
+        webui.plan_batch(p)
 
     def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
         webui.before_sampling(p)

@@ -10,7 +10,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
 from tests.host.host import Models, build_models  # noqa: E402
+
+# The suite runs tiny models: many small ops, where a second intra-op thread only adds wake-up
+# latency, and much of it under load from other processes. One thread keeps it fast either way.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,8 @@
   sub-prompt) followed by one uncond row per image, in one call or in consecutive chunks
   (`batch_cond_uncond` off, prompts of different lengths, skipped uncond). `CfgLayout` learns the
   layout from each denoiser call's conditioning and hands out the rows of each chunk in order.
-* Everything is patched inside the sampler run only (`hosts.sampler.wrap_pass_sampler`).
+* The UNet is patched inside the sampler run only (`hosts.sampler.wrap_pass_sampler`); the tiled VAE
+  for the whole job (decoder/encoder forwards of `p.sd_model.first_stage_model`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch import nn
 from ..job import JobPlan
 from ..patching import PatchScope
 from ..sampling.hooks import ModelCall, PassSlot, Rows, take_rows
+from ..vae.hook import VaeTiling
 from .sampler import wrap_pass_sampler
 
 
@@ -94,3 +96,10 @@ def before_sampling(p: Any, plan: JobPlan, slot: PassSlot, warn: Callable[[str],
 
     wrap_pass_sampler(p.sampler, plan, pass_name, unet_of(p.sd_model), slot, warn,
                       extra_patches=patch_model_calls, wrap_model=lambda model: _TrackLayout(model, layout))
+
+
+def use_vae_tiling(p: Any, tiling: VaeTiling, scope: PatchScope) -> None:
+    """Tile every decode and encode of the job: the shared VAE's decoder/encoder forwards are patched
+    until the job's `scope` is restored (`postprocess`, or defensively at the next job). Idempotent."""
+    if not scope.active:
+        tiling.install(p.sd_model.first_stage_model, scope)

@@ -8,6 +8,7 @@
   chunks of one batch each, `cond_or_uncond` saying which chunk is cond (0) or uncond (1).
 * The conv modules are shared by every clone, so the UNet itself is patched inside the sampler run
   only and restored in `finally` (`hosts.sampler.wrap_pass_sampler`).
+* Tiled VAE: `set_model_vae_decode_wrapper` / `..._encode_wrapper` on a clone of `forge_objects.vae`.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import torch
 from torch import nn
 
 from ..job import JobPlan
+from ..patching import PatchScope
 from ..sampling.hooks import ModelCall, PassSlot, Rows, take_rows
+from ..vae.hook import VaeTiling
 from .sampler import wrap_pass_sampler
 
 UnetWrapper = Callable[[Callable[..., torch.Tensor], dict[str, Any]], torch.Tensor]
@@ -96,3 +99,28 @@ def before_sampling(p: Any, plan: JobPlan, slot: PassSlot, warn: Callable[[str],
     patcher.set_model_unet_function_wrapper(unet_wrapper(slot, previous))
     p.sd_model.forge_objects.unet = patcher
     wrap_pass_sampler(p.sampler, plan, pass_name, patcher.model.diffusion_model, slot, warn)
+
+
+TILING_MARK = "hires_methods_tiling"
+
+
+def use_vae_tiling(p: Any, tiling: VaeTiling, scope: PatchScope) -> None:
+    """Tile every decode and encode: a clone of `forge_objects.vae` whose decode/encode wrappers patch
+    the (shared) decoder/encoder forwards for the duration of each call. Forge replaces `forge_objects`
+    per batch and pass, so this runs at the job's start (for img2img's init encode) and before every
+    pass; `scope` puts the original VAE back into each `forge_objects` at the end of the job, so no
+    later job starts from our clone. Idempotent."""
+    objects = p.sd_model.forge_objects
+    if getattr(objects.vae, TILING_MARK, False):
+        return
+    clone = objects.vae.clone()
+
+    def tiled_call(inner: Callable[[torch.Tensor], torch.Tensor], samples: torch.Tensor) -> torch.Tensor:
+        with PatchScope() as call_scope:
+            tiling.install(clone.first_stage_model, call_scope)
+            return inner(samples)
+
+    clone.patcher.set_model_vae_decode_wrapper(tiled_call)
+    clone.patcher.set_model_vae_encode_wrapper(tiled_call)
+    setattr(clone, TILING_MARK, True)
+    scope.set_attr(objects, "vae", clone)

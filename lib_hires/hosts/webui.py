@@ -21,10 +21,12 @@ from modules.ui_components import InputAccordion
 from ..api import ApiValidation, settings_from_args
 from ..job import JobPlan, PassSize, plan_job, preview
 from ..params import (
-    GROUPS, INFOTEXT_PREFIX, WEBUI_HIRES_KEYS, Field, ParamError, ScaleCrafterParams, all_fields, xyz_axes,
+    GROUPS, INFOTEXT_PREFIX, WEBUI_HIRES_KEYS, Field, General, ParamError, ScaleCrafterParams, Settings,
+    TiledVAEParams, all_fields, xyz_axes,
 )
-from ..patching import LIVE
+from ..patching import LIVE, PatchScope
 from ..sampling.hooks import PassSlot
+from ..vae.hook import VaeTiling
 
 IS_FORGE = importlib.util.find_spec("modules_forge") is not None
 if IS_FORGE:
@@ -35,9 +37,9 @@ else:
 TITLE = "Hires Methods"  # the API key is its lower case: never rename
 JOB_ATTR = "hires_methods_job"  # the job's state, kept on `p` (X/Y/Z copies `p` per cell)
 XYZ_ATTR = "hires_methods_xyz"  # X/Y/Z overrides for the cell: {api_key: value}
-# txt2img controls the summary line follows: captured by elem_id as the WebUI creates them
-CORE_IDS = ("txt2img_width", "txt2img_height", "txt2img_steps", "txt2img_hr-checkbox", "txt2img_hr_scale",
-            "txt2img_hr_resize_x", "txt2img_hr_resize_y", "txt2img_hires_steps")
+# the tab's controls the summary line follows (elem_id without the "txt2img_"/"img2img_" prefix),
+# captured as the WebUI creates them; img2img has no hires fix
+CORE_IDS = ("width", "height", "steps", "hr-checkbox", "hr_scale", "hr_resize_x", "hr_resize_y", "hires_steps")
 
 
 def log(text: str) -> None:
@@ -48,8 +50,13 @@ def log(text: str) -> None:
 
 @dataclass
 class JobState:
-    plan: JobPlan
+    """One job (one `p`, so one X/Y/Z cell): its settings, plan, pass slot and job-long patches."""
+
+    settings: Settings | None  # None: invalid settings, the job runs unmodified
+    plan: JobPlan | None = None  # made at the first batch, once the WebUI knows the hires size
     slot: PassSlot = field(default_factory=PassSlot)
+    scope: PatchScope = field(default_factory=PatchScope)
+    tiling: VaeTiling | None = None
 
 
 def _our_keys(params: dict[str, Any]) -> list[str]:
@@ -73,11 +80,20 @@ def _hires_size(width: int, height: int, scale: float, resize_x: int, resize_y: 
     return resize_x, resize_y
 
 
+def _warner(p: Any) -> Callable[[str], None]:
+    def warn(text: str) -> None:
+        log(text)
+        p.extra_generation_params[f"{INFOTEXT_PREFIX}warning"] = text
+    return warn
+
+
+def _status(text: str) -> None:
+    shared.state.textinfo = text
+
+
 def start_job(p: Any, args: Sequence[object]) -> None:
-    """`process_batch` of the first batch: settings, plan, infotext. Never raises: a problem becomes a
-    warning in the infotext and the job runs unmodified."""
-    if getattr(p, JOB_ATTR, None) is not None:
-        return
+    """`process` (before the WebUI's init encodes any image): settings, and the tiled VAE for the job.
+    Never raises: a problem becomes a warning in the infotext and the job runs unmodified."""
     leftovers = LIVE.restore_all()
     if leftovers:
         log(f"restored {leftovers} patch scope(s) left over from an earlier job")
@@ -91,7 +107,20 @@ def start_job(p: Any, args: Sequence[object]) -> None:
     except ParamError as error:
         log(f"invalid settings, job runs unmodified: {error}")
         p.extra_generation_params[f"{INFOTEXT_PREFIX}warning"] = f"invalid settings ({error}); not applied"
-        setattr(p, JOB_ATTR, JobState(JobPlan({}, {}, (str(error),), "invalid")))
+        setattr(p, JOB_ATTR, JobState(None))
+        return
+    state = JobState(settings)
+    setattr(p, JOB_ATTR, state)
+    tiles = settings[TiledVAEParams]
+    if settings[General].enabled and tiles.enabled:
+        state.tiling = VaeTiling(tiles, lambda: shared.state.interrupted, _status, _warner(p))
+        host.use_vae_tiling(p, state.tiling, state.scope)
+
+
+def plan_batch(p: Any) -> None:
+    """`process_batch` of the first batch: the plan (the hires size is known now) and its infotext."""
+    state: JobState | None = getattr(p, JOB_ATTR, None)
+    if state is None or state.settings is None or state.plan is not None:
         return
     hires = None
     if getattr(p, "enable_hr", False):
@@ -101,29 +130,32 @@ def start_job(p: Any, args: Sequence[object]) -> None:
         unet, native = host.unet_of(p.sd_model), host.native_size(p.sd_model)
     except AttributeError:  # not a UNet model (e.g. Flux in Forge): plan_job says so
         unet, native = None, None
-    plan = plan_job(settings, unet, native, PassSize("first", p.width, p.height, p.steps), hires)
-    p.extra_generation_params.update(plan.infotext)
-    if plan.runs or plan.warnings:
-        log(plan.summary)
-    setattr(p, JOB_ATTR, JobState(plan))
+    state.plan = plan_job(state.settings, unet, native, PassSize("first", p.width, p.height, p.steps), hires)
+    p.extra_generation_params.update(state.plan.infotext)
+    if state.plan.summary != "off":
+        log(state.plan.summary)
 
 
 def before_sampling(p: Any) -> None:
     """`process_before_every_sampling`: hook this pass of the job's plan (idempotent)."""
     state: JobState | None = getattr(p, JOB_ATTR, None)
-    if state is None or not state.plan.runs:
+    if state is None or state.plan is None:
         return
-
-    def warn(text: str) -> None:
-        log(text)
-        p.extra_generation_params[f"{INFOTEXT_PREFIX}warning"] = text
-
-    host.before_sampling(p, state.plan, state.slot, warn)
+    if state.tiling is not None:
+        host.use_vae_tiling(p, state.tiling, state.scope)
+    if state.plan.runs:
+        host.before_sampling(p, state.plan, state.slot, _warner(p))
 
 
 def finish_job(p: Any) -> None:
-    """`postprocess`: forget the job (patches are already restored at the end of each sampler run)."""
-    if getattr(p, JOB_ATTR, None) is not None:
+    """`postprocess`: restore the job-long patches and forget the job (the UNet's are restored at the
+    end of each sampler run already)."""
+    state: JobState | None = getattr(p, JOB_ATTR, None)
+    if state is None:
+        return
+    try:
+        state.scope.restore()
+    finally:
         setattr(p, JOB_ATTR, None)
 
 
@@ -159,10 +191,11 @@ class Accordion:
         self.components: dict[str, Any] = {}
         self.core: dict[str, Any] = {}
 
-    def capture(self, component: Any, elem_id: str | None) -> None:
-        """`after_component`: remember the txt2img controls the summary follows."""
-        if elem_id in CORE_IDS:
-            self.core[elem_id] = component
+    def capture(self, component: Any, elem_id: str | None, tab: str) -> None:
+        """`after_component`: remember the tab's controls the summary follows."""
+        prefix = f"{tab}_"
+        if elem_id and elem_id.startswith(prefix) and elem_id[len(prefix):] in CORE_IDS:
+            self.core[elem_id[len(prefix):]] = component
 
     def build(self) -> list[Any]:
         by_key = {f.api_key: f for f in self.fields}
@@ -173,6 +206,10 @@ class Accordion:
             with gr.Group(elem_classes=["hires-methods-group"]) as scalecrafter_group:
                 for f in self.fields:
                     if f.group is ScaleCrafterParams:
+                        self.components[f.api_key] = _component(f, eid(f.api_key))
+            with gr.Group(elem_classes=["hires-methods-group"]):
+                for f in self.fields:
+                    if f.group is TiledVAEParams:
                         self.components[f.api_key] = _component(f, eid(f.api_key))
             self.summary = gr.HTML(elem_id=eid("summary"), elem_classes=["hires-methods-summary"])
             gr.HTML(self._help_json(), elem_id=eid("help"), elem_classes=["hires-methods-help"])
@@ -224,13 +261,13 @@ class Accordion:
         sd_model = shared.sd_model
         if sd_model is None:
             return ["<span>Model not loaded yet: the plan shows once a model is loaded.</span>", *keep]
-        width, height = int(core.get("txt2img_width", 512)), int(core.get("txt2img_height", 512))
-        steps = int(core.get("txt2img_steps", 20))
+        width, height = int(core.get("width", 512)), int(core.get("height", 512))
+        steps = int(core.get("steps", 20))
         hires = None
-        if core.get("txt2img_hr-checkbox"):
-            hx, hy = _hires_size(width, height, float(core.get("txt2img_hr_scale", 2.0)),
-                                 int(core.get("txt2img_hr_resize_x", 0)), int(core.get("txt2img_hr_resize_y", 0)))
-            hires = PassSize("hires", hx, hy, int(core.get("txt2img_hires_steps", 0)) or steps)
+        if core.get("hr-checkbox"):
+            hx, hy = _hires_size(width, height, float(core.get("hr_scale", 2.0)),
+                                 int(core.get("hr_resize_x", 0)), int(core.get("hr_resize_y", 0)))
+            hires = PassSize("hires", hx, hy, int(core.get("hires_steps", 0)) or steps)
         try:
             summary, resolved = preview(settings_from_args(list(ours)), host.unet_of(sd_model),
                                         host.native_size(sd_model), PassSize("first", width, height, steps), hires)
@@ -268,7 +305,7 @@ def register_xyz_axes() -> None:
                     raise RuntimeError(f"{axis.label}: {error}") from None
 
         choices = (lambda axis=axis: list(axis.choices)) if axis.choices else None
-        xyz.axis_options.append(xyz.AxisOptionTxt2Img(axis.label, kind, apply, confirm=confirm, choices=choices))
+        xyz.axis_options.append(xyz.AxisOption(axis.label, kind, apply, confirm=confirm, choices=choices))
 
 
 # --- API --------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ def hires(*args: Any) -> dict[str, Any]:
 
 
 def ours(infotext: str) -> dict[str, str]:
-    return dict(re.findall(r"(Hires (?:version|enabled|method|warning|ScaleCrafter [a-z ]+)): ([^,]*)", infotext))
+    """Our infotext entries (not the WebUI's own "Hires upscale" etc.)."""
+    keys = r"version|enabled|method|warning|ScaleCrafter [a-z ]+|Tiled VAE [a-z0-9 ]+"
+    return dict(re.findall(rf"(Hires (?:{keys})): ([^,]*)", infotext))
 
 
 def test_script_info_has_readable_labels(webui: WebUI) -> None:
@@ -130,3 +132,45 @@ def test_interrupted_job_leaves_the_model_untouched(webui: WebUI) -> None:
     webui.post("/sdapi/v1/interrupt", {})
     job.join()
     assert webui.txt2img(steps=3).image_hashes == baseline.image_hashes
+
+
+def pixels(image_b64: str) -> Any:
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(image_b64))).convert("RGB"), dtype=np.int16)
+
+
+TILED = {"method": "none", "tiled_vae_enabled": True, "tiled_vae_decoder_tile": 16, "tiled_vae_encoder_tile": 128}
+
+
+def test_tiled_vae_gives_the_untiled_image(webui: WebUI) -> None:
+    """Hires jobs 128 -> 256 px: 2x2 decoder tiles for the final decode, and with a non-latent upscaler
+    2x2 encoder tiles for the upscaled first pass too. Same 8-bit image up to one step."""
+    for upscaler in ("Latent", "Lanczos"):
+        job = {"enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 2, "denoising_strength": 0.5,
+               "hr_upscaler": upscaler}
+        plain = webui.txt2img(**job)
+        tiled = webui.txt2img(**job, **hires(TILED))
+        assert plain.status == tiled.status == 200
+        difference = abs(pixels(plain.body["images"][0]) - pixels(tiled.body["images"][0]))
+        assert difference.max() <= 1, f"{upscaler}: max 8-bit difference {difference.max()}"
+        keys = ours(tiled.infotexts[0])
+        assert keys["Hires method"] == "none" and "Hires ScaleCrafter dilation" not in keys
+        assert "Hires Tiled VAE decoder tile: 16" in tiled.infotexts[0]
+
+
+def test_tiled_vae_in_img2img(webui: WebUI) -> None:
+    """img2img 256 px: the init image's encode and the final decode tiled 2x2; same 8-bit image."""
+    init = webui.txt2img(width=256, height=256).body["images"][0]
+    job = {"init_images": [init], "prompt": "a photo of a cat", "negative_prompt": "blurry", "steps": 2,
+           "width": 256, "height": 256, "seed": 1, "cfg_scale": 7, "sampler_name": "Euler",
+           "denoising_strength": 0.5}
+    plain = webui.post("/sdapi/v1/img2img", job)
+    tiled = webui.post("/sdapi/v1/img2img", {**job, **hires(TILED)})
+    assert plain.status == tiled.status == 200
+    assert abs(pixels(plain.body["images"][0]) - pixels(tiled.body["images"][0])).max() <= 1
+    assert "Hires Tiled VAE enabled: True" in tiled.infotexts[0]
