@@ -241,7 +241,8 @@ class Accordion:
 
     def _wire(self, ordered: list[Any], scalecrafter_group: Any) -> None:
         method = self.components["method"]
-        method.change(lambda m: gr.update(visible=m == "ScaleCrafter"), inputs=[method], outputs=[scalecrafter_group],
+        scalecrafter = _label(next(f for f in self.fields if f.api_key == "method"), "scalecrafter")
+        method.change(lambda m: gr.update(visible=m == scalecrafter), inputs=[method], outputs=[scalecrafter_group],
                       show_progress=False)
         preset_fields = [f for f in self.fields if f.spec.from_preset]
         core = [self.core[k] for k in CORE_IDS if k in self.core]
@@ -258,9 +259,10 @@ class Accordion:
     def refresh(self, ours: Sequence[Any], core: dict[str, Any], preset_fields: list[Field]) -> list[Any]:
         """The summary line and the preset-controlled fields for the current controls."""
         keep = [gr.update() for _ in preset_fields]
-        sd_model = shared.sd_model
-        if sd_model is None:
-            return ["<span>Model not loaded yet: the plan shows once a model is loaded.</span>", *keep]
+        try:
+            unet, native = host.unet_of(shared.sd_model), host.native_size(shared.sd_model)
+        except AttributeError:  # no model loaded yet (Forge loads it at the first job)
+            return ["<span>The plan shows here once a model is loaded.</span>", *keep]
         width, height = int(core.get("width", 512)), int(core.get("height", 512))
         steps = int(core.get("steps", 20))
         hires = None
@@ -269,8 +271,8 @@ class Accordion:
                                  int(core.get("hr_resize_x", 0)), int(core.get("hr_resize_y", 0)))
             hires = PassSize("hires", hx, hy, int(core.get("hires_steps", 0)) or steps)
         try:
-            summary, resolved = preview(settings_from_args(list(ours)), host.unet_of(sd_model),
-                                        host.native_size(sd_model), PassSize("first", width, height, steps), hires)
+            summary, resolved = preview(settings_from_args(list(ours)), unet, native,
+                                        PassSize("first", width, height, steps), hires)
         except Exception as error:  # bad input or a model we cannot inspect: say so, never break the UI
             return [f"<span class='hires-methods-error'>{html.escape(str(error))}</span>", *keep]
         if resolved is None:
