@@ -79,7 +79,7 @@ def plan_job(settings: Settings, unet: nn.Module | None, native: int | None, fir
     if not tiles.enabled:
         return method
     infotext = {**to_infotext([general, tiles]), **method.infotext}
-    mode = {"off": "", "nan": ", fp32 on NaN", "always": ", fp32"}[tiles.fp32]
+    mode = {"off": "", "on_nan": ", fp32 on NaN", "always": ", fp32"}[tiles.fp32]
     sizes = ", ".join(f"{name} {tile or 'auto'}" for name, tile in (("decoder", tiles.decoder_tile),
                                                                     ("encoder", tiles.encoder_tile)))
     summary = f"Tiled VAE ({sizes}{mode})" + ("" if method.summary == "off" else f"; {method.summary}")

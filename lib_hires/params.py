@@ -461,10 +461,10 @@ class TiledVAEParams(ParamGroup):
         0, "Encoder tile", "Core size of an encoder tile in image pixels; 0 = from free memory.",
         minimum=0, maximum=4096, step=64)
     fp32: str = param(
-        "nan", "fp32",
+        "on_nan", "fp32",
         "Run the VAE math in fp32, tile by tile: On NaN retries a decode/encode whose fp16 VAE overflowed "
         "(NaN/inf, black or speckled images) in fp32; Always does so from the start.",
-        choices=("off", "nan", "always"), choice_labels=("Off", "On NaN", "Always"))
+        choices=("off", "on_nan", "always"), choice_labels=("Off", "On NaN", "Always"))
 
 
 GROUPS: tuple[type[ParamGroup], ...] = (General, ScaleCrafterParams, TiledVAEParams)

@@ -4,7 +4,7 @@ The host adapters decide where and for how long (A1111: for the job; Forge: duri
 VAE decode/encode wrappers); this module decides what a replaced forward does:
 
 * run `tiled_decode`/`tiled_encode` with the user's tile sizes (0 = from free memory);
-* fp32: "always" upcasts from the start; "nan" retries in fp32 when the VAE overflowed (NaN/inf, the
+* fp32: "always" upcasts from the start; "on_nan" retries in fp32 when the VAE overflowed (NaN/inf, the
   known fp16 VAE failure), with a warning; "off" lets `NonFiniteError` (a clear message) through;
 * stop between tiles when the user interrupts *during* the decode (an interrupt that ended the
   sampler earlier must not cost the image);
@@ -53,7 +53,7 @@ class VaeTiling:
                 self.warn(f"Tiled VAE not used: {error}")
                 return original(x, *args, **kwargs)
             except NonFiniteError:
-                if self.params.fp32 != "nan":
+                if self.params.fp32 != "on_nan":
                     raise
                 self.warn(f"Tiled VAE: the {what} overflowed (NaN/inf); redone in fp32")
                 return tiled(True)

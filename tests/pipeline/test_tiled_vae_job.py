@@ -90,7 +90,7 @@ def test_fp16_overflow_falls_back_to_fp32() -> None:
     z = torch.full((1, 4, 12, 12), 6e4, dtype=torch.float16)  # conv_in's output overflows fp16
     warnings: list[str] = []
     with PatchScope() as scope:
-        tiling(warnings=warnings, decoder_tile=8, fp32="nan").install(stage, scope)
+        tiling(warnings=warnings, decoder_tile=8, fp32="on_nan").install(stage, scope)
         image = stage.decoder(z)
     assert torch.isfinite(image).all() and image.dtype == torch.float32
     assert warnings == ["Tiled VAE: the decode overflowed (NaN/inf); redone in fp32"]
