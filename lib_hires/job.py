@@ -33,25 +33,21 @@ class PassSize:
 
 @dataclass(frozen=True)
 class JobPlan:
-    """What runs: a ScaleCrafter plan per pass name, the tiled VAE's settings (None: off), the
-    infotext entries, warnings and a summary line."""
+    """What runs: a ScaleCrafter plan per pass name, the infotext entries, warnings and a summary line.
+    (The tiled VAE is on for the whole job when `tiled_vae(settings)` says so.)"""
 
     plans: Mapping[str, scalecrafter.Plan]
     infotext: Mapping[str, str]
     warnings: tuple[str, ...]
     summary: str
-    tiled_vae: TiledVAEParams | None = None
 
     @property
     def runs(self) -> bool:
         return bool(self.plans)
 
     def install(self, pass_name: str, unet: nn.Module, scope: PatchScope, warn: Callable[[str], None]) -> PassHooks:
-        """Patch `unet` for one sampling pass (undone when `scope` exits); the hooks to sample it with."""
-        plan = self.plans.get(pass_name)
-        if plan is None:
-            return PassHooks()
-        return scalecrafter.ScaleCrafterPass(plan, unet, scope, warn).hooks
+        """Patch `unet` for one planned sampling pass (undone when `scope` exits); the hooks to sample it with."""
+        return scalecrafter.ScaleCrafterPass(self.plans[pass_name], unet, scope, warn).hooks
 
 
 def passes_for(apply_to: str, hires: bool) -> tuple[str, ...]:
@@ -68,22 +64,28 @@ def _warning_entries(warnings: list[str]) -> dict[str, str]:
     return {f"{INFOTEXT_PREFIX}warning": " / ".join(warnings)} if warnings else {}
 
 
+def tiled_vae(settings: Settings) -> TiledVAEParams | None:
+    """The tiled VAE's settings when it runs in this job (it needs no model or size), else None."""
+    tiles: TiledVAEParams = settings[TiledVAEParams]
+    return tiles if settings[General].enabled and tiles.enabled else None
+
+
 def plan_job(settings: Settings, unet: nn.Module | None, native: int | None, first: PassSize,
              hires: PassSize | None) -> JobPlan:
     """Plan the job: the method's passes (see `plan_method`) and the tiled VAE."""
     general: General = settings[General]
-    tiles: TiledVAEParams = settings[TiledVAEParams]
     if not general.enabled:
         return JobPlan({}, {}, (), "off")
     method = plan_method(settings, unet, native, first, hires)
-    if not tiles.enabled:
+    tiles = tiled_vae(settings)
+    if tiles is None:
         return method
     infotext = {**to_infotext([general, tiles]), **method.infotext}
     mode = {"off": "", "on_nan": ", fp32 on NaN", "always": ", fp32"}[tiles.fp32]
     sizes = ", ".join(f"{name} {tile or 'auto'}" for name, tile in (("decoder", tiles.decoder_tile),
                                                                     ("encoder", tiles.encoder_tile)))
     summary = f"Tiled VAE ({sizes}{mode})" + ("" if method.summary == "off" else f"; {method.summary}")
-    return replace(method, infotext=infotext, summary=summary, tiled_vae=tiles)
+    return replace(method, infotext=infotext, summary=summary)
 
 
 def plan_method(settings: Settings, unet: nn.Module | None, native: int | None, first: PassSize,

@@ -19,9 +19,9 @@ from modules import script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
 from ..api import ApiValidation, settings_from_args
-from ..job import JobPlan, PassSize, plan_job, preview
+from ..job import JobPlan, PassSize, plan_job, preview, tiled_vae
 from ..params import (
-    GROUPS, INFOTEXT_PREFIX, WEBUI_HIRES_KEYS, Field, General, ParamError, ScaleCrafterParams, Settings,
+    GROUPS, INFOTEXT_PREFIX, WEBUI_HIRES_KEYS, Field, ParamError, ScaleCrafterParams, Settings,
     TiledVAEParams, all_fields, xyz_axes,
 )
 from ..patching import LIVE, PatchScope
@@ -111,8 +111,8 @@ def start_job(p: Any, args: Sequence[object]) -> None:
         return
     state = JobState(settings)
     setattr(p, JOB_ATTR, state)
-    tiles = settings[TiledVAEParams]
-    if settings[General].enabled and tiles.enabled:
+    tiles = tiled_vae(settings)
+    if tiles is not None:
         state.tiling = VaeTiling(tiles, lambda: shared.state.interrupted, _status, _warner(p))
         host.use_vae_tiling(p, state.tiling, state.scope)
 

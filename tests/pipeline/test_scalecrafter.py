@@ -23,11 +23,11 @@ def settings(**data: object) -> Settings:
 
 
 def run_job(host: TestHost, job_settings: Settings, extra: PassHooks = PassHooks()) -> torch.Tensor:
-    """What the WebUI glue does for a first-pass job: plan, patch for the pass, sample, restore."""
+    """What the WebUI glue does for a first-pass job: plan, patch the pass if planned, sample, restore."""
     size = PassSize("first", host.job.width, host.job.height, host.job.steps)
     plan = plan_job(job_settings, host.unet, host.native_size, size, None)
     with PatchScope() as scope:
-        hooks = plan.install("first", host.unet, scope, warn=lambda text: None)
+        hooks = plan.install("first", host.unet, scope, warn=lambda text: None) if "first" in plan.plans else PassHooks()
         hooks = PassHooks(hooks.step_hooks + extra.step_hooks, hooks.call_hooks + extra.call_hooks)
         return run_stages(host, [Stage((host.job.height // 8, host.job.width // 8), hooks=hooks)],
                           host.sigmas(host.job.steps))

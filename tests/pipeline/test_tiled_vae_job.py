@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from lib_hires.job import PassSize, plan_job
+from lib_hires.job import PassSize, plan_job, tiled_vae
 from lib_hires.params import GROUPS, TiledVAEParams, validate_api_dict
 from lib_hires.patching import PatchScope
 from lib_hires.vae import NonFiniteError, TiledVAEInterrupted
@@ -115,13 +115,17 @@ def test_a_vae_of_another_layout_falls_back_to_its_own_forward() -> None:
 
 def test_plan_runs_the_tiled_vae_alone_or_with_a_method(sd1: Models) -> None:
     size = PassSize("first", 512, 512, 20)
-    alone = plan_job(validate_api_dict(GROUPS, {"enabled": True, "method": "none", "tiled_vae_enabled": True}),
-                     sd1.unet, None, size, None)
-    assert alone.tiled_vae is not None and not alone.runs
+    alone_settings = validate_api_dict(GROUPS, {"enabled": True, "method": "none", "tiled_vae_enabled": True})
+    alone = plan_job(alone_settings, sd1.unet, None, size, None)
+    assert tiled_vae(alone_settings) is not None and not alone.runs
     assert alone.infotext["Hires Tiled VAE enabled"] == "True" and "Hires method" in alone.infotext
     assert alone.summary == "Tiled VAE (decoder auto, encoder auto, fp32 on NaN)"
-    off = plan_job(validate_api_dict(GROUPS, {"enabled": True, "method": "none"}), sd1.unet, None, size, None)
-    assert off.tiled_vae is None and off.infotext == {}
-    both = plan_job(validate_api_dict(GROUPS, {"enabled": True, "tiled_vae_enabled": True,
-                                               "scalecrafter_preset": "custom"}), sd1.unet, None, size, None)
-    assert both.tiled_vae is not None and both.runs and "Hires ScaleCrafter dilation" in both.infotext
+    off_settings = validate_api_dict(GROUPS, {"enabled": True, "method": "none"})
+    off = plan_job(off_settings, sd1.unet, None, size, None)
+    assert tiled_vae(off_settings) is None and off.infotext == {}
+    both_settings = validate_api_dict(GROUPS, {"enabled": True, "tiled_vae_enabled": True,
+                                               "scalecrafter_preset": "custom"})
+    both = plan_job(both_settings, sd1.unet, None, size, None)
+    assert tiled_vae(both_settings) is not None and both.runs and "Hires ScaleCrafter dilation" in both.infotext
+    switched_off = validate_api_dict(GROUPS, {"enabled": False, "tiled_vae_enabled": True})
+    assert tiled_vae(switched_off) is None and plan_job(switched_off, sd1.unet, None, size, None).infotext == {}
