@@ -182,7 +182,7 @@ class ScaleCrafterPass:
         self.kernels: dict[str, torch.Tensor] = {}
         self.R = solve_dispersion() if plan.dispersed else None
         self.warn = warn
-        self.ndcfg_skipped = 0  # calls whose images lacked a cond or uncond row (host split the batch)
+        self.ndcfg_warned = False  # said once per pass that the host split cond and uncond rows
         for path in dict.fromkeys([*plan.convs, *plan.nd_convs]):
             conv = unet.get_submodule(path)
             scope.wrap_forward(conv, self._dispatcher(path, conv))
@@ -228,10 +228,10 @@ class ScaleCrafterPass:
         with_cond = {image for image, unc in zip(call.rows.image, call.rows.uncond) if not unc}
         uncond = [i for i in call.rows.where(uncond=True) if call.rows.image[i] in with_cond]
         if len(uncond) < len(set(call.rows.image)):
-            if not self.ndcfg_skipped:
+            if not self.ndcfg_warned:
                 self.warn("noise-damped CFG skipped where the host evaluated cond and uncond rows in separate "
                           "calls (A1111: keep 'Batch cond/uncond' on), or CFG scale is 1")
-            self.ndcfg_skipped += 1
+            self.ndcfg_warned = True
         if not uncond:
             return out
         nd_call = call.subset(uncond)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -22,12 +23,13 @@ def settings(**data: object) -> Settings:
     return validate_api_dict(GROUPS, {"enabled": True, "method": "scalecrafter", **data})
 
 
-def run_job(host: TestHost, job_settings: Settings, extra: PassHooks = PassHooks()) -> torch.Tensor:
+def run_job(host: TestHost, job_settings: Settings, extra: PassHooks = PassHooks(),
+            warn: Callable[[str], None] = lambda text: None) -> torch.Tensor:
     """What the WebUI glue does for a first-pass job: plan, patch the pass if planned, sample, restore."""
     size = PassSize("first", host.job.width, host.job.height, host.job.steps)
     plan = plan_job(job_settings, host.unet, host.native_size, size, None)
     with PatchScope() as scope:
-        hooks = plan.install("first", host.unet, scope, warn=lambda text: None) if "first" in plan.plans else PassHooks()
+        hooks = plan.install("first", host.unet, scope, warn) if "first" in plan.plans else PassHooks()
         hooks = PassHooks(hooks.step_hooks + extra.step_hooks, hooks.call_hooks + extra.call_hooks)
         return run_stages(host, [Stage((host.job.height // 8, host.job.width // 8), hooks=hooks)],
                           host.sigmas(host.job.steps))
@@ -92,6 +94,18 @@ def test_noise_damped_cfg_calls(sd1: Models) -> None:
                                scalecrafter_tau=1.0, scalecrafter_ndcfg=False,
                                scalecrafter_ndcfg_dilation="MB=2", scalecrafter_ndcfg_tau=0.5))
     assert calls.batches == [4] * 4
+
+
+def test_noise_damped_cfg_skipped_with_one_warning_without_uncond_rows(sd1: Models) -> None:
+    """At CFG scale 1 the host evaluates no uncond rows: no extra pass, one warning for the pass."""
+    host = TestHost(sd1, Job(steps=4, width=128, height=128, batch_size=2, cfg_scale=1.0))
+    warnings: list[str] = []
+    with CountCalls(sd1.unet) as calls:
+        run_job(host, settings(scalecrafter_preset="custom", scalecrafter_dilation="DB2=2 MB=3 UB0=2",
+                               scalecrafter_tau=1.0, scalecrafter_ndcfg_dilation="MB=2", scalecrafter_ndcfg_tau=0.5),
+                warn=warnings.append)
+    assert calls.batches == [2] * 4
+    assert len(warnings) == 1 and warnings[0].startswith("noise-damped CFG skipped")
 
 
 def test_noise_damped_cfg_equals_the_formula_through_the_hosts_cfg(sd1: Models) -> None:
