@@ -29,13 +29,7 @@ def settings_from_args(args: Sequence[object]) -> Settings:
     fields = all_fields(GROUPS)
     if len(args) > len(fields):
         raise ParamError({"args": f"expected at most {len(fields)} positional values, got {len(args)}"})
-    data: dict[str, object] = {}
-    for field, value in zip(fields, args):
-        spec = field.spec
-        if spec.choices is not None and spec.choice_labels is not None and value in spec.choice_labels:
-            value = spec.choices[spec.choice_labels.index(value)]
-        data[field.api_key] = value
-    return from_ui(GROUPS, data)
+    return from_ui(GROUPS, {field.api_key: field.choice_of(value) for field, value in zip(fields, args)})
 
 
 def request_problem(body: bytes) -> dict[str, object] | None:

@@ -109,6 +109,20 @@ class Field:
     def xyz_label(self) -> str:
         return f"{XYZ_PREFIX}{self.group.TITLE} {self.spec.label}" if self.group.KEY else f"{XYZ_PREFIX}{self.spec.label}"
 
+    def label_of(self, value: object) -> object:
+        """The UI label of a choice; any other value unchanged."""
+        spec = self.spec
+        if spec.choices is not None and spec.choice_labels is not None and value in spec.choices:
+            return spec.choice_labels[spec.choices.index(value)]
+        return value
+
+    def choice_of(self, value: object) -> object:
+        """The choice a UI label stands for; any other value (a choice key included) unchanged."""
+        spec = self.spec
+        if spec.choices is not None and spec.choice_labels is not None and value in spec.choice_labels:
+            return spec.choices[spec.choice_labels.index(value)]
+        return value
+
     def allowed(self) -> str:
         """What values are allowed, in words (used in error messages and the API docs)."""
         if self.spec.choices is not None:
@@ -353,12 +367,7 @@ class Axis:
 
     def parse(self, text: str) -> Any:
         """The value an XYZ cell's text stands for (enum choices by key or label; bools any case)."""
-        text = text.strip()
-        spec = self.field.spec
-        if spec.choices is not None and spec.choice_labels is not None:
-            for choice, label in zip(spec.choices, spec.choice_labels):
-                if text in (choice, label):
-                    return choice
+        text = str(self.field.choice_of(text.strip()))
         if self.field.type is bool and text.lower() in ("true", "false"):
             text = text.capitalize()
         return self.field.from_text(text)

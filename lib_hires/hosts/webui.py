@@ -161,16 +161,9 @@ def finish_job(p: Any) -> None:
 
 # --- the accordion ----------------------------------------------------------------------------
 
-def _label(field: Field, value: object) -> object:
-    spec = field.spec
-    if spec.choices is not None and spec.choice_labels is not None and value in spec.choices:
-        return spec.choice_labels[spec.choices.index(value)]
-    return value
-
-
 def _component(field: Field, elem_id: str) -> Any:
     spec = field.spec
-    value = _label(field, field.default)
+    value = field.label_of(field.default)
     if spec.choices is not None:
         return gr.Dropdown(label=spec.label, choices=list(spec.choice_labels or spec.choices), value=value,
                            elem_id=elem_id)
@@ -234,14 +227,14 @@ class Accordion:
                 return None
             text = params.get(f.infotext_key)
             try:
-                return _label(f, f.default if text is None else f.from_text(text))
+                return f.label_of(f.default if text is None else f.from_text(text))
             except ValueError:
                 return None
         return value
 
     def _wire(self, ordered: list[Any], scalecrafter_group: Any) -> None:
         method = self.components["method"]
-        scalecrafter = _label(next(f for f in self.fields if f.api_key == "method"), "scalecrafter")
+        scalecrafter = next(f for f in self.fields if f.api_key == "method").label_of("scalecrafter")
         method.change(lambda m: gr.update(visible=m == scalecrafter), inputs=[method], outputs=[scalecrafter_group],
                       show_progress=False)
         preset_fields = [f for f in self.fields if f.spec.from_preset]
@@ -278,7 +271,7 @@ class Accordion:
         if resolved is None:
             return [f"<span>{html.escape(summary)}</span>", *(gr.update(interactive=True) for _ in preset_fields)]
         return [f"<span>{html.escape(summary)}</span>",
-                *(gr.update(value=_label(f, getattr(resolved, f.name)), interactive=False) for f in preset_fields)]
+                *(gr.update(value=f.label_of(getattr(resolved, f.name)), interactive=False) for f in preset_fields)]
 
 
 # --- X/Y/Z plot -------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import pytest
 
 from lib_hires.params import (
-    ParamError, ParamGroup, fields, format_infotext, from_infotext, param, parse_infotext, to_api_dict,
-    to_infotext, validate_api_dict, xyz_axes,
+    ParamError, ParamGroup, all_fields, fields, format_infotext, from_infotext, param, parse_infotext,
+    to_api_dict, to_infotext, validate_api_dict, xyz_axes,
 )
 
 
@@ -126,6 +126,13 @@ def test_infotext_partial_quoted_and_bad_values() -> None:
         from_infotext(GROUPS, {"Hires version": "9"})
     with pytest.raises(ParamError, match="True or False"):
         from_infotext(GROUPS, {"Hires enabled": "yes"})
+
+
+def test_choice_labels_both_ways() -> None:
+    method, mode = (next(f for f in all_fields(GROUPS) if f.api_key == key) for key in ("method", "demo_mode"))
+    assert (method.label_of("demo"), method.choice_of("Demo"), method.choice_of("demo")) == ("Demo", "demo", "demo")
+    assert (method.label_of("other"), method.choice_of("Other")) == ("other", "Other")  # not a choice: unchanged
+    assert (mode.label_of("fast"), mode.choice_of("fast")) == ("fast", "fast")  # a field without labels
 
 
 def test_xyz_axes() -> None:
