@@ -23,7 +23,8 @@ VALIDATED_PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
 
 
 def settings_from_args(args: Sequence[object]) -> Settings:
-    """Settings from the script's argument slice: a dict in `args[0]`, or positional UI values."""
+    """Settings from the script's argument slice: a dict in `args[0]` (the WebUI fills the rest of the
+    slice with the UI's defaults, which are ignored), or positional UI values."""
     if args and isinstance(args[0], dict):
         return validate_api_dict(GROUPS, {"enabled": True, **args[0]})
     fields = all_fields(GROUPS)
@@ -32,25 +33,50 @@ def settings_from_args(args: Sequence[object]) -> Settings:
     return from_ui(GROUPS, {field.api_key: field.choice_of(value) for field, value in zip(fields, args)})
 
 
+def _kind(value: object) -> str:
+    return "null" if value is None else {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def script_problems(entry: object) -> dict[str, str]:
+    """What is wrong with one `alwayson_scripts` entry for this script (empty if nothing is): its shape
+    (an object whose optional `args` is a list), then the arguments themselves."""
+    if not isinstance(entry, dict):
+        return {"alwayson_scripts": f"the '{SCRIPT_KEY}' entry must be an object like {{\"args\": [{{...}}]}}, "
+                                    f"got {_kind(entry)}"}
+    if "args" not in entry:
+        return {}  # the WebUI runs the script with its UI defaults (off)
+    args = entry["args"]
+    if not isinstance(args, list):
+        return {"args": f"must be a list: [{{...}}] (one dict of parameters) or the UI's positional values, "
+                        f"got {_kind(args)}"}
+    if args and isinstance(args[0], dict) and len(args) > 1:
+        return {"args": f"a dict of parameters must be the only element of args, got {len(args)} elements"}
+    try:
+        settings_from_args(args)
+    except ParamError as error:
+        return error.problems
+    return {}
+
+
 def request_problem(body: bytes) -> dict[str, object] | None:
-    """The 422 payload for a txt2img/img2img request body whose Hires Methods args are invalid, else None."""
+    """The 422 payload for a txt2img/img2img request body whose Hires Methods entry is malformed or has
+    invalid arguments, else None. Requests that do not name this script are never judged."""
     try:
         request = json.loads(body or b"{}")
     except ValueError:
         return None  # not ours to judge: the WebUI answers malformed JSON itself
     scripts = request.get("alwayson_scripts") if isinstance(request, dict) else None
     if not isinstance(scripts, dict):
+        return None  # absent, or malformed for the WebUI's own validation to answer
+    problems: dict[str, str] = {}
+    for key, entry in scripts.items():
+        if key.lower() == SCRIPT_KEY:
+            problems.update(script_problems(entry))
+    if not problems:
         return None
-    entry = next((value for key, value in scripts.items() if key.lower() == SCRIPT_KEY), None)
-    args = entry.get("args") if isinstance(entry, dict) else None
-    if not isinstance(args, list) or not args:
-        return None
-    try:
-        settings_from_args(args)
-    except ParamError as error:
-        return {"error": "HiresMethodsArgs", "detail": f"alwayson_scripts['{SCRIPT_KEY}'] args: {error}",
-                "errors": error.problems}
-    return None
+    detail = "; ".join(f"{key}: {text}" for key, text in problems.items())
+    return {"error": "HiresMethodsArgs", "detail": f"alwayson_scripts['{SCRIPT_KEY}']: {detail}", "errors": problems}
 
 
 Scope = MutableMapping[str, Any]

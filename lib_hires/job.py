@@ -1,67 +1,61 @@
 """A WebUI job, host-independent: which passes a method runs in, with what, and what the infotext says.
 
 The glue builds `Settings` from the UI, the API dict or an X/Y/Z cell, describes the job's passes
-(`PassSize`), and calls `plan_job` before sampling starts. Everything that can go wrong with the
-settings for this model and size (unsupported model, a preset for another family, a block the UNet
-lacks) becomes a warning here, and the job then runs unmodified (DESIGN.md rule 8).
+(`PassSize`), and calls `plan_job` before sampling starts. The chosen method (`methods.METHODS`)
+plans its passes; everything that can go wrong with the settings for this model and size
+(unsupported model, a preset for another family, a block the UNet lacks, a value given but not used)
+becomes a warning here, and the affected passes run unmodified (DESIGN.md rule 8). Nothing here
+names a method.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from torch import nn
 
-from .methods import scalecrafter
-from .params import INFOTEXT_PREFIX, General, ScaleCrafterParams, Settings, TiledVAEParams, to_infotext
+from .methods import METHODS
+from .methods.base import JobContext, MethodPlan, PassPlan, PassSize, Warn
+from .params import (
+    FEATURE_GROUPS,
+    INFOTEXT_PREFIX,
+    METHOD_GROUPS,
+    General,
+    ParamGroup,
+    Settings,
+    TiledVAEParams,
+    fields,
+    to_infotext,
+)
 from .patching import PatchScope
 from .sampling.hooks import PassHooks
-from .unet import UNetMap, UnsupportedModel, map_unet
+from .unet import UnsupportedModel, map_unet
+
+__all__ = ["JobPlan", "PassSize", "plan_job", "preview", "tiled_vae"]
 
 NATIVE_SIZE = {"sd1": 512, "sd2": 512, "sdxl": 1024}  # when the host does not know better (SD2-v: 768)
 
 
 @dataclass(frozen=True)
-class PassSize:
-    """One sampling pass of the job, in pixels, with its number of sampler steps."""
-
-    name: str  # "first" or "hires"
-    width: int
-    height: int
-    steps: int
-
-
-@dataclass(frozen=True)
 class JobPlan:
-    """What runs: a ScaleCrafter plan per pass name, the infotext entries, warnings and a summary line.
-    (The tiled VAE is on for the whole job when `tiled_vae(settings)` says so.)"""
+    """What runs: a plan per pass name, the infotext entries, warnings and a summary line.
+    (The tiled VAE is on for the whole job when `tiled_vae(settings)` says so.)
 
-    plans: Mapping[str, scalecrafter.Plan]
-    infotext: Mapping[str, str]
-    warnings: tuple[str, ...]
-    summary: str
+    `method` is the chosen method's plan (None when no method runs), for the UI's locked fields."""
+
+    passes: Mapping[str, PassPlan] = field(default_factory=dict)
+    infotext: Mapping[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    summary: str = "off"
+    method: MethodPlan | None = None
 
     @property
     def runs(self) -> bool:
-        return bool(self.plans)
+        return bool(self.passes)
 
-    def install(self, pass_name: str, unet: nn.Module, scope: PatchScope, warn: Callable[[str], None]) -> PassHooks:
+    def install(self, pass_name: str, unet: nn.Module, scope: PatchScope, warn: Warn) -> PassHooks:
         """Patch `unet` for one planned sampling pass (undone when `scope` exits); the hooks to sample it with."""
-        return scalecrafter.ScaleCrafterPass(self.plans[pass_name], unet, scope, warn).hooks
-
-
-def passes_for(apply_to: str, hires: bool) -> tuple[str, ...]:
-    """The passes "Apply to" selects: auto means the hires pass with hires fix, else the first pass."""
-    return {
-        "auto": ("hires",) if hires else ("first",),
-        "first": ("first",),
-        "hires": ("hires",) if hires else (),
-        "both": ("first", "hires") if hires else ("first",),
-    }[apply_to]
-
-
-def _warning_entries(warnings: list[str]) -> dict[str, str]:
-    return {f"{INFOTEXT_PREFIX}warning": " / ".join(warnings)} if warnings else {}
+        return self.passes[pass_name].install(unet, scope, warn)
 
 
 def tiled_vae(settings: Settings) -> TiledVAEParams | None:
@@ -70,76 +64,91 @@ def tiled_vae(settings: Settings) -> TiledVAEParams | None:
     return tiles if settings[General].enabled and tiles.enabled else None
 
 
+def _warning_entries(warnings: list[str]) -> dict[str, str]:
+    return {f"{INFOTEXT_PREFIX}warning": " / ".join(warnings)} if warnings else {}
+
+
+def _worth_noting(values: ParamGroup, key: str) -> bool:
+    """Whether an unused given key deserves a warning: only when it differs from its default (the UI
+    sends every control, and a default says nothing the user meant)."""
+    f = next(f for f in fields(type(values)) if f.api_key == key)
+    return getattr(values, f.name) != f.default
+
+
+def _inactive_given(settings: Settings, active: list[type[ParamGroup]]) -> list[str]:
+    """Warnings for keys given explicitly (and not at their default) in groups this job does not use."""
+    general: General = settings[General]
+    notes = []
+    for group in (*METHOD_GROUPS, *FEATURE_GROUPS):
+        if group in active:
+            continue
+        keys = [f.api_key for f in fields(group)
+                if f.api_key in settings.given and getattr(settings[group], f.name) != f.default
+                and not (group is TiledVAEParams and f.name == "enabled")]
+        if keys:
+            why = f"method is {general.method}" if group in METHOD_GROUPS else f"{group.TITLE} is off"
+            notes.append(f"not used ({why}): {', '.join(keys)}")
+    return notes
+
+
 def plan_job(settings: Settings, unet: nn.Module | None, native: int | None, first: PassSize,
-             hires: PassSize | None) -> JobPlan:
-    """Plan the job: the method's passes (see `plan_method`) and the tiled VAE."""
+             hires: PassSize | None, tab: str = "txt2img") -> JobPlan:
+    """Plan the job: the chosen method's passes, the tiled VAE, the infotext and the summary."""
     general: General = settings[General]
     if not general.enabled:
-        return JobPlan({}, {}, (), "off")
-    method = plan_method(settings, unet, native, first, hires)
-    tiles = tiled_vae(settings)
-    if tiles is None:
-        return method
-    infotext = {**to_infotext([general, tiles]), **method.infotext}
-    mode = {"off": "", "on_nan": ", fp32 on NaN", "always": ", fp32"}[tiles.fp32]
-    sizes = ", ".join(f"{name} {tile or 'auto'}" for name, tile in (("decoder", tiles.decoder_tile),
-                                                                    ("encoder", tiles.encoder_tile)))
-    summary = f"Tiled VAE ({sizes}{mode})" + ("" if method.summary == "off" else f"; {method.summary}")
-    return replace(method, infotext=infotext, summary=summary)
-
-
-def plan_method(settings: Settings, unet: nn.Module | None, native: int | None, first: PassSize,
-                hires: PassSize | None) -> JobPlan:
-    """Plan the method's passes; nothing runs (and only warnings are written) when the settings
-    cannot apply."""
-    general: General = settings[General]
-    if general.method == "none":
-        return JobPlan({}, {}, (), "off")
+        return JobPlan()
     warnings: list[str] = []
-    try:
-        unet_map: UNetMap = map_unet(unet)
-    except UnsupportedModel as exc:
-        warnings.append(f"unsupported model, job ran unmodified ({exc})")
-        return JobPlan({}, _warning_entries(warnings), tuple(warnings), warnings[0])
-    native = native or NATIVE_SIZE[unet_map.family.value]
-    params: ScaleCrafterParams = settings[ScaleCrafterParams]
-    names = passes_for(params.apply_to, hires is not None)
-    if params.apply_to == "hires" and hires is None:
-        warnings.append("ScaleCrafter is set to the hires pass but hires fix is off")
-    plans: dict[str, scalecrafter.Plan] = {}
     lines: list[str] = []
-    for size in (first, hires):
-        if size is None or size.name not in names:
-            continue
+    method_plan: MethodPlan | None = None
+    method = METHODS.get(general.method)
+    active: list[type[ParamGroup]] = [] if method is None else [method.params]
+    if method is not None and tab not in method.tabs:
+        warnings.append(f"{method.params.TITLE} is not available in {tab}; the job ran without it")
+    elif method is not None:
         try:
-            resolution = scalecrafter.resolve(params, settings.given, unet_map.family, native, size.width,
-                                              size.height)
-            plan = scalecrafter.bind(resolution, unet_map)
-        except scalecrafter.SettingError as exc:
-            warnings.append(f"ScaleCrafter not applied to the {size.name} pass: {exc}")
-            continue
-        lines.append(f"{size.name} pass {size.width}x{size.height}: {scalecrafter.describe(resolution, size.steps)}")
-        if not resolution.empty:
-            plans[size.name] = plan
-    if not plans:
-        return JobPlan({}, _warning_entries(warnings), tuple(warnings), "; ".join(lines + warnings) or "off")
-    last = plans[list(plans)[-1]].resolution
-    entries = to_infotext([general, scalecrafter.resolved_params(params, last)])
-    entries[f"{INFOTEXT_PREFIX}ScaleCrafter setting"] = " / ".join(
-        f"{name} pass: {plan.resolution.source}" for name, plan in plans.items())
-    entries.update(_warning_entries(warnings))
-    return JobPlan(plans, entries, tuple(warnings), "; ".join(lines + warnings))
+            unet_map = map_unet(unet)
+        except UnsupportedModel as exc:
+            warnings.append(f"unsupported model, job ran unmodified ({exc})")
+        else:
+            job = JobContext(unet_map, native or NATIVE_SIZE[unet_map.family.value], first, hires, tab)
+            method_plan = method.plan(settings[method.params], settings.given, job)
+            lines += method_plan.lines
+            warnings += method_plan.warnings
+            warnings += [f"not used: {key} ({why})" for key, why in method_plan.unused.items()
+                         if _worth_noting(settings[method.params], key)]
+    tiles = tiled_vae(settings)
+    if tiles is not None:
+        active.append(TiledVAEParams)
+        mode = {"off": "", "on_nan": ", fp32 on NaN", "always": ", fp32"}[tiles.fp32]
+        sizes = ", ".join(f"{name} {tile or 'auto'}" for name, tile in (("decoder", tiles.decoder_tile),
+                                                                        ("encoder", tiles.encoder_tile)))
+        lines.insert(0, f"Tiled VAE ({sizes}{mode})")
+    warnings += _inactive_given(settings, active)
+    passes = dict(method_plan.passes) if method_plan is not None else {}
+    infotext: dict[str, str] = {}
+    if passes or tiles is not None:
+        shown: list[ParamGroup] = [general]
+        if passes and method_plan is not None:
+            shown.append(method_plan.resolved)
+        if tiles is not None:
+            shown.append(tiles)
+        infotext = to_infotext(shown)
+        if passes and method_plan is not None and method is not None:
+            infotext.update({f"{INFOTEXT_PREFIX}{method.params.TITLE} {label}": text
+                             for label, text in method_plan.notes.items()})
+    infotext.update(_warning_entries(warnings))
+    summary = "; ".join(lines + warnings) or "off"
+    return JobPlan(passes, infotext, tuple(warnings), summary, method_plan)
 
 
 def preview(settings: Settings, unet: nn.Module, native: int | None, first: PassSize,
-            hires: PassSize | None) -> tuple[str, ScaleCrafterParams | None]:
-    """What the UI shows before Generate: the summary line, and the ScaleCrafter values the preset
-    resolves to for the last pass it runs in (None while the user edits them: preset Custom, or
-    nothing runs)."""
+            hires: PassSize | None, tab: str = "txt2img") -> tuple[str, ParamGroup | None]:
+    """What the UI shows before Generate: the summary line, and the method's values as its preset
+    resolves them (None while the user edits them: preset Custom, or no method plan)."""
     enabled = settings[General].enabled
-    plan = plan_job(settings if enabled else settings.with_overrides({"enabled": True}), unet, native, first, hires)
+    plan = plan_job(settings if enabled else settings.with_overrides({"enabled": True}), unet, native, first, hires,
+                    tab)
     summary = plan.summary if enabled else f"(off) {plan.summary}"
-    params: ScaleCrafterParams = settings[ScaleCrafterParams]
-    if params.preset == "custom" or not plan.plans:
+    if plan.method is None or getattr(plan.method.resolved, "preset", "custom") == "custom":
         return summary, None
-    return summary, scalecrafter.resolved_params(params, plan.plans[list(plan.plans)[-1]].resolution)
+    return summary, plan.method.resolved

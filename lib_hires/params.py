@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .presets import PRESETS
-from .unet import format_block_values, parse_block_list, parse_block_values
+from .unet import BLOCK_NAMES_TEXT, format_block_values, parse_block_list, parse_block_values
 
 API_VERSION = 1
 INFOTEXT_PREFIX = "Hires "
@@ -51,18 +52,28 @@ class Spec:
     step: float | None = None
     choices: tuple[str, ...] | None = None
     choice_labels: tuple[str, ...] | None = None  # UI/XYZ names of `choices`, same order
-    parse: Callable[[str], object] | None = None  # validates/normalises free-text values
+    syntax: Syntax | None = None  # the grammar of a free-text value
+    zero: str | None = None  # what 0 means when it lies outside [minimum, maximum], e.g. "auto"
     xyz: bool = True
     from_preset: bool = False  # taken from the group's preset unless given explicitly (see `Settings`)
 
 
+@dataclass(frozen=True)
+class Syntax:
+    """The grammar of a free-text parameter: `parse` returns the canonical text or raises `ValueError`
+    saying what is wrong; `describe` says what is allowed (422 messages, docs/parameters.md)."""
+
+    parse: Callable[[str], str]
+    describe: str
+
+
 def param(default: Any, label: str, help: str, *, minimum: float | None = None, maximum: float | None = None,
           step: float | None = None, choices: Sequence[str] | None = None,
-          choice_labels: Sequence[str] | None = None, parse: Callable[[str], object] | None = None,
+          choice_labels: Sequence[str] | None = None, syntax: Syntax | None = None, zero: str | None = None,
           xyz: bool = True, from_preset: bool = False) -> Any:
     """Declare a parameter field: `tau: float = param(0.7, "Tau", "...", minimum=0, maximum=1)`."""
     spec = Spec(label, help, minimum, maximum, step, tuple(choices) if choices is not None else None,
-                tuple(choice_labels) if choice_labels is not None else None, parse, xyz, from_preset)
+                tuple(choice_labels) if choice_labels is not None else None, syntax, zero, xyz, from_preset)
     return dataclasses.field(default=default, metadata={"spec": spec})
 
 
@@ -125,21 +136,28 @@ class Field:
 
     def allowed(self) -> str:
         """What values are allowed, in words (used in error messages and the API docs)."""
-        if self.spec.choices is not None:
-            return "one of " + ", ".join(repr(c) for c in self.spec.choices)
+        spec = self.spec
+        if spec.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in spec.choices)
         if self.type is bool:
             return "true or false"
+        if spec.syntax is not None:
+            return spec.syntax.describe
         kind = "an integer" if self.type is int else "a number" if self.type is float else "a string"
-        if self.spec.minimum is not None and self.spec.maximum is not None:
-            return f"{kind} from {_num(self.spec.minimum)} to {_num(self.spec.maximum)}"
-        if self.spec.minimum is not None:
-            return f"{kind} >= {_num(self.spec.minimum)}"
+        zero = f"0 ({spec.zero}) or " if spec.zero is not None else ""
+        if spec.minimum is not None and spec.maximum is not None:
+            return f"{zero}{kind} from {_num(spec.minimum)} to {_num(spec.maximum)}"
+        if spec.minimum is not None:
+            return f"{zero}{kind} >= {_num(spec.minimum)}"
         return kind
 
     def coerce(self, value: object) -> Any:
         """The value as this field's type, or `ValueError` saying what is allowed. Strict for API input:
-        no strings for numbers or bools; ints are accepted for floats."""
+        no strings for numbers or bools, no infinities or NaN; ints are accepted for floats (and floats
+        with an integer value for ints)."""
         problem = ValueError(f"got {value!r}; allowed: {self.allowed()}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise problem
         if self.type is bool:
             if not isinstance(value, bool):
                 raise problem
@@ -156,15 +174,17 @@ class Field:
         elif self.type is str:
             if not isinstance(value, str):
                 raise problem
-        if self.spec.choices is not None and value not in self.spec.choices:
+        spec = self.spec
+        if spec.choices is not None and value not in spec.choices:
             raise problem
-        if self.spec.minimum is not None and value < self.spec.minimum:  # type: ignore[operator]
-            raise problem
-        if self.spec.maximum is not None and value > self.spec.maximum:  # type: ignore[operator]
-            raise problem
-        if self.spec.parse is not None:
+        if not (spec.zero is not None and value == 0):
+            if spec.minimum is not None and value < spec.minimum:  # type: ignore[operator]
+                raise problem
+            if spec.maximum is not None and value > spec.maximum:  # type: ignore[operator]
+                raise problem
+        if spec.syntax is not None:
             try:
-                value = self.spec.parse(value)  # type: ignore[arg-type]
+                value = spec.syntax.parse(value)  # type: ignore[arg-type]
             except ValueError as exc:
                 raise ValueError(f"got {value!r}: {exc}") from None
         return value
@@ -271,13 +291,14 @@ def validate_api_dict(groups: Sequence[type[ParamGroup]], data: Mapping[str, obj
 
 
 def from_ui(groups: Sequence[type[ParamGroup]], data: Mapping[str, object]) -> Settings:
-    """Settings from the UI's controls (all keys present): a group's `from_preset` fields count as given
-    only while its `preset` is "custom"; otherwise the preset decides them."""
+    """Settings from the UI's controls (all keys present). The UI shows every control, so nothing is
+    "given" in the API's sense except the `from_preset` fields of the selected method's group while its
+    preset is "custom" (otherwise the preset decides them; the controls only display its values)."""
     settings = validate_api_dict(groups, data)
-    given = set(settings.given)
-    for group in groups:
-        if getattr(settings[group], "preset", "custom") != "custom":
-            given -= {f.api_key for f in fields(group) if f.spec.from_preset}
+    method = data.get("method")
+    given = {f.api_key for group in groups for f in fields(group)
+             if f.spec.from_preset and getattr(settings[group], "preset", None) == "custom"
+             and (group not in METHOD_GROUPS or group.KEY == method)}
     return Settings(settings.values, frozenset(given))
 
 
@@ -333,17 +354,23 @@ def format_infotext(entries: Mapping[str, str]) -> str:
     return ", ".join(f"{key}: {quote(value)}" for key, value in entries.items())
 
 
-_ENTRY = re.compile(r'\s*(\w[\w \-/.()\[\]+]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+_ENTRY = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+"""One `Key: value` entry, exactly as the WebUIs' `infotext_utils.parse_generation_parameters` reads it
+(so a key must be a word character followed by word characters, spaces, `-` or `/`)."""
 
 
 def parse_infotext(line: str) -> dict[str, str]:
-    """Parse a `Key: value, Key: "quoted"` line (the WebUI's parameters line) into unquoted entries."""
+    """Parse a `Key: value, Key: "quoted"` line (the WebUI's parameters line) into unquoted entries, as
+    the WebUIs do: a quoted value that is not valid JSON is kept as it is."""
     entries: dict[str, str] = {}
     for key, value in _ENTRY.findall(line):
         value = value.strip()
-        if value.startswith('"') and value.endswith('"'):
-            value = json.loads(value)
-        entries[key.strip()] = value
+        if len(value) >= 2 and value.startswith('"') and value.endswith('"'):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        entries[key.strip()] = str(value)
     return entries
 
 
@@ -380,26 +407,20 @@ def xyz_axes(groups: Iterable[type[ParamGroup]]) -> tuple[Axis, ...]:
 
 # --- the parameters of Hires Methods ---
 
-def _block_values(text: str) -> str:
-    return format_block_values(parse_block_values(text))
+MAX_DILATION = 8
+"""Largest perception-field factor a user may give: twice the largest official or paper setting (4).
+A factor f pads each re-dilated conv's input by ceil(f) pixels per side; where that is not smaller
+than the feature map, the plan leaves the pass unchanged and says so (`methods.scalecrafter.bind`)."""
 
-
-def _block_list(text: str) -> str:
-    return " ".join(parse_block_list(text))
-
-
-METHOD_CHOICES = ("none", "scalecrafter")
-METHOD_LABELS = ("None", "ScaleCrafter")
-
-
-@dataclass(frozen=True)
-class General(ParamGroup):
-    """Shared by every method."""
-
-    enabled: bool = param(False, "Enabled", "Run Hires Methods for this job (the accordion's switch). An API "
-                          "dict turns it on unless it says \"enabled\": false.")
-    method: str = param("scalecrafter", "Method", "The high-resolution method. None runs only what is enabled "
-                        "besides a method (e.g. Tiled VAE).", choices=METHOD_CHOICES, choice_labels=METHOD_LABELS)
+BLOCK_FACTORS = Syntax(
+    lambda text: format_block_values(parse_block_values(text, MAX_DILATION)),
+    f"block factors such as 'DB2=3 MB=4' (or empty): blocks {BLOCK_NAMES_TEXT}; each key once, a whole "
+    f"block before its parts; factors from 1 to {MAX_DILATION} (a factor f pads each conv's input by "
+    "ceil(f) pixels per side: never beyond the feature map it pads, else that pass is left unchanged "
+    "with a warning)")
+BLOCK_LIST = Syntax(
+    lambda text: " ".join(parse_block_list(text)),
+    f"block names such as 'DB3 MB UB0' (or empty): {BLOCK_NAMES_TEXT}; each once")
 
 
 @dataclass(frozen=True)
@@ -425,7 +446,7 @@ class ScaleCrafterParams(ParamGroup):
         "DB1=2 DB2=2 DB3=2 MB=2 UB0=2 UB1=2 UB2=2", "Dilation",
         "Perception-field factor per block (DB0-DB3, MB, UB0-UB3; SDXL DB0-DB2, MB, UB0-UB2), e.g. "
         "'DB2=3 DB3=4 MB=4'; '.resnets' or '.sampler' after a block selects part of it. Fractional factors "
-        "use the official resize trick.", parse=_block_values, from_preset=True)
+        "use the official resize trick.", syntax=BLOCK_FACTORS, from_preset=True)
     tau: float = param(
         0.6, "Dilated steps",
         "Fraction of the pass's steps, from the noisiest, that use re-dilation (the paper's tau / 50).",
@@ -439,7 +460,7 @@ class ScaleCrafterParams(ParamGroup):
         "dilated only on those blocks (one extra unconditional pass per step while active).")
     ndcfg_dilation: str = param(
         "", "ND-CFG dilation", "Per-block factors of the noise-damped model (same form as Dilation); empty: off.",
-        parse=_block_values, from_preset=True)
+        syntax=BLOCK_FACTORS, from_preset=True)
     ndcfg_tau: float = param(
         0.0, "ND-CFG steps", "Fraction of the pass's steps that use noise-damped CFG.",
         minimum=0.0, maximum=1.0, step=0.02, from_preset=True)
@@ -448,7 +469,7 @@ class ScaleCrafterParams(ParamGroup):
         "Use the dispersed 5x5 kernel (paper App. F) on the dispersed blocks; off in every official config.")
     disperse_blocks: str = param(
         "", "Dispersed blocks", "Blocks whose convs use the dispersed kernel while dilated, e.g. 'DB3 MB UB0'.",
-        parse=_block_list, from_preset=True)
+        syntax=BLOCK_LIST, from_preset=True)
 
 
 @dataclass(frozen=True)
@@ -465,10 +486,10 @@ class TiledVAEParams(ParamGroup):
         "or alone (Method: None).")
     decoder_tile: int = param(
         0, "Decoder tile", "Core size of a decoder tile in latent pixels (x8 in the image); 0 = from free memory.",
-        minimum=0, maximum=512, step=16)
+        minimum=16, maximum=512, step=16, zero="auto")  # minimum: vae.memory.MIN_TILE_LATENT (halo cost)
     encoder_tile: int = param(
         0, "Encoder tile", "Core size of an encoder tile in image pixels; 0 = from free memory.",
-        minimum=0, maximum=4096, step=64)
+        minimum=128, maximum=4096, step=128, zero="auto")
     fp32: str = param(
         "on_nan", "fp32",
         "Run the VAE math in fp32, tile by tile: On NaN retries a decode/encode whose fp16 VAE overflowed "
@@ -476,7 +497,24 @@ class TiledVAEParams(ParamGroup):
         choices=("off", "on_nan", "always"), choice_labels=("Off", "On NaN", "Always"))
 
 
-GROUPS: tuple[type[ParamGroup], ...] = (General, ScaleCrafterParams, TiledVAEParams)
+METHOD_GROUPS: tuple[type[ParamGroup], ...] = (ScaleCrafterParams,)
+"""One group per method (`methods.METHODS` has the same keys), in the order the method menu lists them."""
+FEATURE_GROUPS: tuple[type[ParamGroup], ...] = (TiledVAEParams,)
+"""Shared features that work with any method or alone."""
+
+
+@dataclass(frozen=True)
+class General(ParamGroup):
+    """Shared by every method. The method choices are the method groups' keys and titles."""
+
+    enabled: bool = param(False, "Enabled", "Run Hires Methods for this job (the accordion's switch). An API "
+                          "dict turns it on unless it says \"enabled\": false.")
+    method: str = param("scalecrafter", "Method", "The high-resolution method. None runs only what is enabled "
+                        "besides a method (e.g. Tiled VAE).", choices=("none", *(g.KEY for g in METHOD_GROUPS)),
+                        choice_labels=("None", *(g.TITLE for g in METHOD_GROUPS)))
+
+
+GROUPS: tuple[type[ParamGroup], ...] = (General, *METHOD_GROUPS, *FEATURE_GROUPS)
 
 
 def reference_markdown(groups: Sequence[type[ParamGroup]] = GROUPS) -> str:

@@ -20,7 +20,7 @@ which the LDM, SGM and Forge UNets share, so nothing here imports a WebUI.
 """
 from __future__ import annotations
 
-import re
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -85,8 +85,8 @@ class UNetMap:
         Keys are a block name (`"DB2"`: all its eligible convs), `"<block>.resnets"` (its ResBlock
         convs only) or `"<block>.sampler"` (its down-/up-sampler conv only). Later keys override
         earlier ones, so `{"DB2": 3, "DB2.sampler": 4}` gives the SD2.1 2048² setting of
-        methods/scalecrafter.md §6.2. A key naming a part the block lacks (SDXL `DB2.sampler`)
-        selects nothing.
+        methods/scalecrafter.md §6.2. `KeyError` for a block this UNet lacks (SDXL `DB3`) or a part
+        that selects nothing in it (SDXL `DB2.sampler`).
         """
         values: dict[str, float] = {}
         for key, value in spec.items():
@@ -100,9 +100,27 @@ class UNetMap:
                 convs = tuple(c for c in block.convs if c not in block.sampler_convs)
             else:
                 raise KeyError(f"{key!r}: the part after the block name must be 'resnets' or 'sampler'")
+            if not convs:
+                raise KeyError(f"{key!r}: the {self.family.label} UNet's {name} has no {part or 'eligible'} convs")
             values.update(dict.fromkeys(convs, value))
         order = {conv: i for i, conv in enumerate(self.eligible_convs)}
         return dict(sorted(values.items(), key=lambda item: order[item[0]]))
+
+    def conv_level(self, path: str) -> int:
+        """The resolution level of an eligible conv's *input* (0 = the latent's size): its block's level,
+        except an up block's upsampler conv, which runs on the next finer level."""
+        for block in self.blocks:
+            if path in block.convs:
+                upsampler = block.name.startswith("UB") and path in block.sampler_convs
+                return block.level - 1 if upsampler else block.level
+        raise KeyError(f"{path!r} is not an eligible conv of this UNet")
+
+
+def level_size(latent: int, level: int) -> int:
+    """A feature map's side at `level` for a latent side of `latent` (each downsampler: ceil(n / 2))."""
+    for _ in range(level):
+        latent = (latent + 1) // 2
+    return latent
 
 
 def _is(module: nn.Module, class_name: str) -> bool:
@@ -195,35 +213,90 @@ def map_unet(unet: nn.Module) -> UNetMap:
 
 # --- block-key text, as users type it: "DB1=2 DB2=3 DB2.sampler=4 MB=4" ---
 
-_BLOCK_KEY = re.compile(r"^(DB\d|MB|UB\d)(\.(resnets|sampler))?$")
+def family_blocks(family: ModelFamily) -> tuple[str, ...]:
+    """The block names of a family's UNet, in forward order (what `map_unet` finds; a test checks it)."""
+    levels = 3 if family is ModelFamily.SDXL else 4
+    return (*(f"DB{k}" for k in range(levels)), "MB", *(f"UB{k}" for k in range(levels)))
+
+
+def family_sampler_blocks(family: ModelFamily) -> tuple[str, ...]:
+    """The blocks of a family's UNet that end in a down- or upsampler conv: every down block but the
+    deepest, every up block but the last."""
+    levels = 3 if family is ModelFamily.SDXL else 4
+    return (*(f"DB{k}" for k in range(levels - 1)), *(f"UB{k}" for k in range(levels - 1)))
+
+
+ALL_BLOCKS = tuple(dict.fromkeys(name for family in ModelFamily for name in family_blocks(family)))
+SAMPLER_BLOCKS = tuple(dict.fromkeys(name for family in ModelFamily for name in family_sampler_blocks(family)))
+BLOCK_PARTS = ("resnets", "sampler")
+BLOCK_NAMES_TEXT = ("DB0-DB3, MB, UB0-UB3 (SDXL: DB0-DB2, MB, UB0-UB2), each optionally followed by "
+                    "'.resnets' or '.sampler'")
 
 
 def parse_block_key(key: str) -> str:
-    if not _BLOCK_KEY.match(key):
-        raise ValueError(f"{key!r} is not a block key (DB0-DB3, MB, UB0-UB3, optionally .resnets or .sampler)")
+    """A block key valid in at least one supported family: `DB2`, `DB2.resnets`, `DB2.sampler`.
+
+    `ValueError` naming the allowed names otherwise (a block no family has, a part that is neither
+    `resnets` nor `sampler`, a `.sampler` of a block that has no sampler conv in any family).
+    """
+    name, dot, part = key.partition(".")
+    if name not in ALL_BLOCKS:
+        raise ValueError(f"{key!r}: no block {name!r} in any supported model; blocks: {BLOCK_NAMES_TEXT}")
+    if dot and part not in BLOCK_PARTS:
+        raise ValueError(f"{key!r}: the part after the block name must be 'resnets' or 'sampler'")
+    if part == "sampler" and name not in SAMPLER_BLOCKS:
+        raise ValueError(f"{key!r}: {name} has no sampler conv in any supported model; blocks with one: "
+                         f"{', '.join(SAMPLER_BLOCKS)}")
     return key
 
 
-def parse_block_values(text: str) -> dict[str, float]:
-    """`"DB1=2 DB2=3 MB=4"` (spaces or commas between items) -> {"DB1": 2.0, ...}; values >= 1."""
+def _check_order(keys: list[str], key: str) -> None:
+    """Refuse a repeated key, and a whole block after one of its parts (it would silently replace it)."""
+    if key in keys:
+        raise ValueError(f"{key!r} is given twice")
+    name, _, part = key.partition(".")
+    if not part:
+        earlier = [k for k in keys if k.partition(".")[0] == name]
+        if earlier:
+            raise ValueError(f"{key!r} after {earlier[0]!r} would replace it: give the whole block first, "
+                             f"then its parts (e.g. '{name}=3 {earlier[0]}=4')")
+
+
+def parse_block_values(text: str, maximum: float = math.inf) -> dict[str, float]:
+    """`"DB1=2 DB2=3 MB=4"` (spaces or commas between items) -> {"DB1": 2.0, ...}, strictly.
+
+    Every item is `KEY=FACTOR` with a valid block key (`parse_block_key`) and a finite factor from 1
+    to `maximum`; no key twice, no whole block after one of its parts. `ValueError` saying which item
+    is wrong and what is allowed otherwise.
+    """
     values: dict[str, float] = {}
     for item in text.replace(",", " ").split():
         key, sep, raw = item.partition("=")
         try:
-            value = float(raw) if sep else float("nan")
+            value = float(raw) if sep and raw else math.nan
         except ValueError:
-            value = float("nan")
-        if not value >= 1:
-            raise ValueError(f"{item!r}: expected BLOCK=FACTOR with a factor >= 1, e.g. 'DB2=3'")
-        values[parse_block_key(key)] = value
+            value = math.nan
+        if not sep or not raw:
+            raise ValueError(f"{item!r}: expected BLOCK=FACTOR, e.g. 'DB2=3'")
+        if not 1 <= value <= maximum:  # also refuses nan
+            raise ValueError(f"{item!r}: the factor must be a number from 1 to {maximum:g}")
+        _check_order(list(values), parse_block_key(key))
+        values[key] = value
     return values
 
 
 def format_block_values(values: Mapping[str, float]) -> str:
-    """Inverse of `parse_block_values`: `"DB1=2 DB2=2.5"` (integers without a decimal point)."""
-    return " ".join(f"{key}={int(v) if float(v).is_integer() else v}" for key, v in values.items())
+    """Inverse of `parse_block_values`: `"DB1=2 DB2=2.5"` (integers without a decimal point; others
+    written with `repr`, so the text parses back to the same float)."""
+    return " ".join(f"{key}={int(v) if float(v).is_integer() else repr(float(v))}" for key, v in values.items())
 
 
 def parse_block_list(text: str) -> tuple[str, ...]:
-    """`"DB3 MB UB0"` (spaces or commas) -> ("DB3", "MB", "UB0")."""
-    return tuple(parse_block_key(key) for key in text.replace(",", " ").split())
+    """`"DB3 MB UB0"` (spaces or commas) -> ("DB3", "MB", "UB0"), strictly: valid keys, none twice."""
+    keys: list[str] = []
+    for key in text.replace(",", " ").split():
+        if "=" in key:
+            raise ValueError(f"{key!r}: give block names only (no factors here), e.g. 'DB3 MB UB0'")
+        _check_order(keys, parse_block_key(key))
+        keys.append(key)
+    return tuple(keys)

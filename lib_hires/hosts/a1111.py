@@ -76,7 +76,7 @@ class _TrackLayout:
 def before_sampling(p: Any, plan: JobPlan, slot: PassSlot, warn: Callable[[str], None]) -> None:
     """Hook the pass about to sample (`process_before_every_sampling`), if the plan has it."""
     pass_name = "hires" if getattr(p, "is_hr_pass", False) else "first"
-    if pass_name not in plan.plans:
+    if pass_name not in plan.passes:
         return
     layout = CfgLayout()
     inner = p.sampler.model_wrap_cfg.inner_model

@@ -92,7 +92,7 @@ def unet_wrapper(slot: PassSlot, previous: UnetWrapper | None) -> UnetWrapper:
 def before_sampling(p: Any, plan: JobPlan, slot: PassSlot, warn: Callable[[str], None]) -> None:
     """Hook the pass about to sample (`process_before_every_sampling`), if the plan has it."""
     pass_name = "hires" if getattr(p, "is_hr_pass", False) else "first"
-    if pass_name not in plan.plans:
+    if pass_name not in plan.passes:
         return
     patcher = p.sd_model.forge_objects.unet.clone()
     previous = patcher.model_options.get("model_function_wrapper")

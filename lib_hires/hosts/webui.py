@@ -170,7 +170,8 @@ def _component(field: Field, elem_id: str) -> Any:
     if field.type is bool:
         return gr.Checkbox(label=spec.label, value=value, elem_id=elem_id)
     if field.type in (int, float) and spec.minimum is not None and spec.maximum is not None:
-        return gr.Slider(label=spec.label, minimum=spec.minimum, maximum=spec.maximum, step=spec.step or 1,
+        minimum = 0 if spec.zero is not None else spec.minimum
+        return gr.Slider(label=spec.label, minimum=minimum, maximum=spec.maximum, step=spec.step or 1,
                          value=value, elem_id=elem_id)
     return gr.Textbox(label=spec.label, value=value, lines=1, elem_id=elem_id)
 
@@ -271,7 +272,8 @@ class Accordion:
         if resolved is None:
             return [f"<span>{html.escape(summary)}</span>", *(gr.update(interactive=True) for _ in preset_fields)]
         return [f"<span>{html.escape(summary)}</span>",
-                *(gr.update(value=f.label_of(getattr(resolved, f.name)), interactive=False) for f in preset_fields)]
+                *(gr.update(value=f.label_of(getattr(resolved, f.name)), interactive=False)
+                  if f.group is type(resolved) else gr.update() for f in preset_fields)]
 
 
 # --- X/Y/Z plot -------------------------------------------------------------------------------

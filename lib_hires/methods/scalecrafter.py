@@ -6,19 +6,21 @@ For the first `tau` of a pass's steps the chosen 3x3 convs of the UNet run re-di
 dilated only on a central block set, for its own `tau` (`sampling.guidance`). The values come from
 the official per-resolution configs or the paper's tables (`presets.py`), or from the user.
 
-Three steps, each usable alone:
+Three steps, each usable alone, and the method object that runs them for a job:
 
-* `resolve`: parameters + the pass's size -> per-block values (`Resolution`). No model needed, so the
-  UI's summary line uses it too.
-* `bind`: a resolution + a UNet's block map -> per-conv factors (`Plan`).
+* `resolve`: parameters + the pass's size -> per-block values (`Resolution`). No model needed.
+* `bind`: a resolution + a UNet's block map + the pass's latent size -> per-conv factors (`Plan`),
+  refusing blocks the UNet lacks and paddings beyond the feature map.
 * `ScaleCrafterPass`: installs a dispatcher on each planned conv (in a `PatchScope`) and provides the
   call hook that switches factors per step and runs the noise-damped pass.
+* `ScaleCrafter` (`methods.base.Method`): the passes "Apply to" selects, each resolved for its size.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +34,8 @@ from ..presets import ResolvedPreset, auto_preset, get_preset, resolve_preset
 from ..sampling.guidance import noise_damped_cfg
 from ..sampling.hooks import CallNext, ModelCall, PassHooks
 from ..sampling.steps import steps_for_fraction
-from ..unet import ModelFamily, UNetMap, format_block_values, parse_block_list, parse_block_values
+from ..unet import ModelFamily, UNetMap, format_block_values, level_size, parse_block_list, parse_block_values
+from .base import JobContext, MethodPlan, PassSize, Warn
 
 PAPER_STEPS = 50  # the presets' tau values are step counts of a 50-step schedule (DESIGN.md rule 7)
 
@@ -141,9 +144,20 @@ class Plan:
     nd_convs: Mapping[str, float]
     dispersed: frozenset[str]
 
+    def install(self, unet: nn.Module, scope: PatchScope, warn: Warn) -> PassHooks:
+        """Patch `unet`'s planned convs (undone when `scope` exits); the hooks that switch them per step."""
+        return ScaleCrafterPass(self, unet, scope, warn).hooks
 
-def bind(resolution: Resolution, unet_map: UNetMap) -> Plan:
-    """Map block keys onto the UNet's eligible convs; an unknown block is a `SettingError`."""
+
+def bind(resolution: Resolution, unet_map: UNetMap, latent: tuple[int, int]) -> Plan:
+    """Map block keys onto the UNet's eligible convs for a pass whose latent is `latent` (h, w).
+
+    `SettingError` for a block or part this UNet lacks, and for a factor whose padding would reach
+    beyond the feature map it pads: a conv re-dilated by `f` pads its input by `ceil(f)` pixels per
+    side (a dispersed one by `2 ceil(f / 2)`), which must not exceed the map's shorter side at that
+    block's level (from there on every off-centre tap reads padding only, and the padded input grows
+    without bound).
+    """
     parts = {}
     for key, blocks in (("scalecrafter_dilation", resolution.dilation),
                         ("scalecrafter_ndcfg_dilation", resolution.ndcfg_dilation),
@@ -152,9 +166,28 @@ def bind(resolution: Resolution, unet_map: UNetMap) -> Plan:
             parts[key] = unet_map.conv_values(blocks)
         except KeyError as exc:
             raise SettingError(key, str(exc.args[0])) from None
-    convs = parts["scalecrafter_dilation"]
-    return Plan(resolution, convs, parts["scalecrafter_ndcfg_dilation"],
-                frozenset(parts["scalecrafter_disperse_blocks"]) & frozenset(convs))
+    dispersed = frozenset(parts["scalecrafter_disperse_blocks"]) & frozenset(parts["scalecrafter_dilation"])
+    for key in ("scalecrafter_dilation", "scalecrafter_ndcfg_dilation"):
+        blocks = resolution.dilation if key == "scalecrafter_dilation" else resolution.ndcfg_dilation
+        for block, factor in blocks.items():
+            for conv in unet_map.conv_values({block: factor}):
+                _check_padding(key, block, factor, conv in dispersed, unet_map.conv_level(conv), latent)
+    return Plan(resolution, parts["scalecrafter_dilation"], parts["scalecrafter_ndcfg_dilation"], dispersed)
+
+
+def _check_padding(key: str, block: str, factor: float, dispersed: bool, level: int, latent: tuple[int, int]) -> None:
+    side = min(level_size(latent[0], level), level_size(latent[1], level))
+    padding = 2 * math.ceil(factor / 2) if dispersed else math.ceil(factor)
+    if padding > side:
+        largest = 2 * (side // 2) if dispersed else side
+        allowed = f"the largest factor there is {largest}" if largest >= 2 else "no factor above 1 fits"
+        kind = "dispersed " if dispersed else ""
+        raise SettingError(key, f"{block}={_num(factor)} would pad a {kind}conv's {side}-pixel feature map by "
+                                f"{padding} pixels per side, beyond the map ({allowed} at this size)")
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def factors_at(convs: Mapping[str, float], index: int, tau: int, progressive: bool) -> Mapping[str, float]:
@@ -176,7 +209,7 @@ class ScaleCrafterPass:
     call hook sets them per step. Restoring `scope` removes every wrapper.
     """
 
-    def __init__(self, plan: Plan, unet: nn.Module, scope: PatchScope, warn: Callable[[str], None]) -> None:
+    def __init__(self, plan: Plan, unet: nn.Module, scope: PatchScope, warn: Warn) -> None:
         self.plan = plan
         self.active: Mapping[str, float] = {}
         self.kernels: dict[str, torch.Tensor] = {}
@@ -238,3 +271,76 @@ class ScaleCrafterPass:
         with self._using(factors_at(self.plan.nd_convs, index, nd_tau, res.progressive)):
             nd_out = call_next(nd_call)
         return noise_damped_cfg(out, call.rows, nd_out, nd_call.rows)
+
+
+# --- the method: planning a job ----------------------------------------------------------------
+
+def passes_for(apply_to: str, hires: bool) -> tuple[str, ...]:
+    """The passes "Apply to" selects: auto means the hires pass with hires fix, else the first pass."""
+    return {
+        "auto": ("hires",) if hires else ("first",),
+        "first": ("first",),
+        "hires": ("hires",) if hires else (),
+        "both": ("first", "hires") if hires else ("first",),
+    }[apply_to]
+
+
+def _unused(params: ScaleCrafterParams, given: frozenset[str], resolved: list[tuple[PassSize, Resolution]],
+            ) -> dict[str, str]:
+    """The given keys no resolved pass used, with the reason (`MethodPlan.unused`). Nothing when no pass
+    was resolved: the warnings say why."""
+    running = [res for _, res in resolved if not res.empty]
+    if not resolved:
+        return {}
+    if not running:
+        where = "; ".join(f"{size.name} pass {size.width}x{size.height}: {res.source}" for size, res in resolved)
+        hint = "; give scalecrafter_tau as well, or use preset Custom" if "scalecrafter_tau" not in given else ""
+        reason = f"nothing is re-dilated: {where}{hint}"
+        keys = [f.api_key for f in fields(ScaleCrafterParams) if f.name not in ("preset", "apply_to")]
+        return {key: reason for key in keys if key in given}
+    unused: dict[str, str] = {}
+    if not any(res.ndcfg_dilation and res.ndcfg_tau > 0 for res in running):
+        reason = ("noise-damped CFG is off (scalecrafter_ndcfg: false)" if not params.ndcfg
+                  else "the setting has no noise-damped blocks or steps")
+        for key in ("scalecrafter_ndcfg_dilation", "scalecrafter_ndcfg_tau"):
+            unused[key] = reason
+        if params.ndcfg:
+            unused["scalecrafter_ndcfg"] = reason
+    if not params.disperse:
+        unused["scalecrafter_disperse_blocks"] = "dispersed convolution is off (scalecrafter_disperse: false)"
+    elif not any(res.disperse for res in running):
+        unused["scalecrafter_disperse"] = "the setting has no dispersed blocks"
+    return {key: reason for key, reason in unused.items() if key in given}
+
+
+class ScaleCrafter:
+    """The ScaleCrafter method (`methods.base.Method`): each selected pass re-dilated for its own size."""
+
+    params = ScaleCrafterParams
+    tabs = ("txt2img", "img2img")
+
+    def plan(self, params: ScaleCrafterParams, given: frozenset[str], job: JobContext) -> MethodPlan:
+        names = passes_for(params.apply_to, job.hires is not None)
+        warnings: list[str] = []
+        if not names:
+            warnings.append("ScaleCrafter is set to the hires pass but hires fix is off")
+        plans: dict[str, Plan] = {}
+        resolved: list[tuple[PassSize, Resolution]] = []
+        lines: list[str] = []
+        for size in job.passes:
+            if size.name not in names:
+                continue
+            try:
+                resolution = resolve(params, given, job.unet_map.family, job.native, size.width, size.height)
+                plan = bind(resolution, job.unet_map, size.latent)
+            except SettingError as exc:
+                warnings.append(f"ScaleCrafter not applied to the {size.name} pass: {exc}")
+                continue
+            resolved.append((size, resolution))
+            lines.append(f"{size.name} pass {size.width}x{size.height}: {describe(resolution, size.steps)}")
+            if not resolution.empty:
+                plans[size.name] = plan
+        shown = [res for _, res in resolved if not res.empty] or [res for _, res in resolved]
+        notes = {"setting": " / ".join(f"{name} pass: {plan.resolution.source}" for name, plan in plans.items())}
+        return MethodPlan(plans, resolved_params(params, shown[-1]) if shown else params,
+                          notes if plans else {}, tuple(lines), tuple(warnings), _unused(params, given, resolved))

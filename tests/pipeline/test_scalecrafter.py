@@ -29,7 +29,7 @@ def run_job(host: TestHost, job_settings: Settings, extra: PassHooks = PassHooks
     size = PassSize("first", host.job.width, host.job.height, host.job.steps)
     plan = plan_job(job_settings, host.unet, host.native_size, size, None)
     with PatchScope() as scope:
-        hooks = plan.install("first", host.unet, scope, warn) if "first" in plan.plans else PassHooks()
+        hooks = plan.install("first", host.unet, scope, warn) if "first" in plan.passes else PassHooks()
         hooks = PassHooks(hooks.step_hooks + extra.step_hooks, hooks.call_hooks + extra.call_hooks)
         return run_stages(host, [Stage((host.job.height // 8, host.job.width // 8), hooks=hooks)],
                           host.sigmas(host.job.steps))
@@ -60,10 +60,10 @@ def block_convs(models: Models, spec: dict[str, float]) -> dict[str, float]:
 
 def test_exactly_the_planned_convs_change_and_only_before_tau(models: Models) -> None:
     host = TestHost(models, Job(steps=4, width=128, height=128))
-    spec = {"DB1": 2, "MB": 3, "UB0.sampler": 2}
+    spec = {"DB1": 2, "DB2": 3, "UB0.sampler": 2}
     with PatchScope() as scope:
         spy = DilationSpy(host, scope)
-        run_job(host, settings(scalecrafter_preset="custom", scalecrafter_dilation="DB1=2 MB=3 UB0.sampler=2",
+        run_job(host, settings(scalecrafter_preset="custom", scalecrafter_dilation="DB1=2 DB2=3 UB0.sampler=2",
                                scalecrafter_tau=0.5))
     expected = {path: (int(f), int(f)) for path, f in block_convs(models, spec).items()}
     assert len(expected) >= 7
@@ -74,7 +74,7 @@ def test_progressive_schedule_per_step(sd1: Models) -> None:
     host = TestHost(sd1, Job(steps=6, width=128, height=128))
     with PatchScope() as scope:
         spy = DilationSpy(host, scope)
-        run_job(host, settings(scalecrafter_preset="custom", scalecrafter_dilation="MB=4", scalecrafter_tau=1.0,
+        run_job(host, settings(scalecrafter_preset="custom", scalecrafter_dilation="DB1=4", scalecrafter_tau=1.0,
                                scalecrafter_progressive=True))
     per_step = {step: set(d.values()) for step, d in spy.seen.items()}
     # f_i = max(ceil(4 (6 - i) / 6), 2): 4, 4, 3, 2, 2, 2
@@ -83,14 +83,14 @@ def test_progressive_schedule_per_step(sd1: Models) -> None:
 
 def test_noise_damped_cfg_calls(sd1: Models) -> None:
     host = TestHost(sd1, Job(steps=4, width=128, height=128, batch_size=2))
-    job_settings = settings(scalecrafter_preset="custom", scalecrafter_dilation="DB2=2 MB=3 UB0=2",
+    job_settings = settings(scalecrafter_preset="custom", scalecrafter_dilation="DB1=2 DB2=3 UB1=2",
                             scalecrafter_tau=1.0, scalecrafter_ndcfg_dilation="MB=2", scalecrafter_ndcfg_tau=0.5)
     with CountCalls(sd1.unet) as calls:
         run_job(host, job_settings)
     # cond+uncond batch every step, plus the uncond rows alone while ND-CFG is active (steps 0 and 1)
     assert calls.batches == [4, 2, 4, 2, 4, 4]
     with CountCalls(sd1.unet) as calls:
-        run_job(host, settings(scalecrafter_preset="custom", scalecrafter_dilation="DB2=2 MB=3 UB0=2",
+        run_job(host, settings(scalecrafter_preset="custom", scalecrafter_dilation="DB1=2 DB2=3 UB1=2",
                                scalecrafter_tau=1.0, scalecrafter_ndcfg=False,
                                scalecrafter_ndcfg_dilation="MB=2", scalecrafter_ndcfg_tau=0.5))
     assert calls.batches == [4] * 4
@@ -101,7 +101,7 @@ def test_noise_damped_cfg_skipped_with_one_warning_without_uncond_rows(sd1: Mode
     host = TestHost(sd1, Job(steps=4, width=128, height=128, batch_size=2, cfg_scale=1.0))
     warnings: list[str] = []
     with CountCalls(sd1.unet) as calls:
-        run_job(host, settings(scalecrafter_preset="custom", scalecrafter_dilation="DB2=2 MB=3 UB0=2",
+        run_job(host, settings(scalecrafter_preset="custom", scalecrafter_dilation="DB1=2 DB2=3 UB1=2",
                                scalecrafter_tau=1.0, scalecrafter_ndcfg_dilation="MB=2", scalecrafter_ndcfg_tau=0.5),
                 warn=warnings.append)
     assert calls.batches == [2] * 4
@@ -119,7 +119,7 @@ def test_noise_damped_cfg_equals_the_formula_through_the_hosts_cfg(sd1: Models) 
     def denoise(dilation: str, ndcfg: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         params = ScaleCrafterParams(preset="custom", dilation=dilation, tau=1.0, ndcfg_dilation=ndcfg,
                                     ndcfg_tau=1.0 if ndcfg else 0.0)
-        plan = bind(resolve(params, frozenset(), unet_map.family, 512, 128, 128), unet_map)
+        plan = bind(resolve(params, frozenset(), unet_map.family, 512, 128, 128), unet_map, (16, 16))
         rows_out: list[torch.Tensor] = []
 
         def capture(call: ModelCall, call_next) -> torch.Tensor:  # type: ignore[no-untyped-def]
@@ -136,8 +136,8 @@ def test_noise_damped_cfg_equals_the_formula_through_the_hosts_cfg(sd1: Models) 
                                         cond_scale=job.cfg_scale)
         return out, rows_out[0]
 
-    combined, _ = denoise("DB2=2 MB=3 UB0=2", ndcfg="MB=2")
-    _, main_rows = denoise("DB2=2 MB=3 UB0=2")  # rows: cond 0, cond 1, uncond 0, uncond 1
+    combined, _ = denoise("DB1=2 DB2=3 UB1=2", ndcfg="MB=2")
+    _, main_rows = denoise("DB1=2 DB2=3 UB1=2")  # rows: cond 0, cond 1, uncond 0, uncond 1
     _, nd_rows = denoise("MB=2")
     expected = nd_rows[2:] + job.cfg_scale * (main_rows[:2] - main_rows[2:])
     assert (combined - expected).abs().max() <= 1e-4 * expected.abs().max()
@@ -187,8 +187,8 @@ def test_same_seed_same_image_and_batch_two(models: Models) -> None:
 def test_auto_preset_on_sdxl_layout(sdxl: Models) -> None:
     host = TestHost(sdxl, Job(steps=5, width=128, height=128), native_size=64)  # 2x the native size
     plan = plan_job(settings(), sdxl.unet, 64, PassSize("first", 128, 128, 5), None)
-    assert plan.plans["first"].convs == block_convs(sdxl, {"MB": 2, "UB0": 2})  # SDXL 2048² code-effective
-    assert plan.plans["first"].resolution.tau == 30 / 50
+    assert plan.passes["first"].convs == block_convs(sdxl, {"MB": 2, "UB0": 2})  # SDXL 2048² code-effective
+    assert plan.passes["first"].resolution.tau == 30 / 50
     assert plan.infotext["Hires ScaleCrafter dilation"] == "MB=2 UB0=2"
     with PatchScope() as scope:
         spy = DilationSpy(host, scope)

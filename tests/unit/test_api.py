@@ -100,3 +100,43 @@ def test_middleware_passes_valid_and_other_requests_through_unchanged() -> None:
     bad = body([{"bogus": 1}])
     sent, seen = run_asgi("/sdapi/v1/options", "POST", [bad])
     assert sent[0]["status"] == 200 and seen == [bad]
+
+
+def raw(scripts: object) -> bytes:
+    return json.dumps({"prompt": "x", "alwayson_scripts": scripts}).encode()
+
+
+@pytest.mark.parametrize("scripts, key, message", [
+    ({"hires methods": "on"}, "alwayson_scripts", "must be an object like {\"args\": [{...}]}, got a string"),
+    ({"hires methods": ["args"]}, "alwayson_scripts", "got a list"),
+    ({"hires methods": None}, "alwayson_scripts", "got null"),
+    ({"Hires Methods": {"args": {"method": "scalecrafter"}}}, "args", "must be a list: [{...}]"),
+    ({"hires methods": {"args": "scalecrafter"}}, "args", "got a string"),
+    ({"hires methods": {"args": None}}, "args", "got null"),
+    ({"hires methods": {"args": 1}}, "args", "got a number"),
+    ({"hires methods": {"args": [{}, {}]}}, "args", "must be the only element of args, got 2"),
+    ({"hires methods": {"args": [True, {"method": "x"}]}}, "method", "got {'method': 'x'}"),
+    ({"hires methods": {"args": [[True]]}}, "enabled", "got [True]"),
+    ({"hires methods": {"args": [{"scalecrafter_tau": float("nan")}]}}, "scalecrafter_tau", "got nan"),
+    ({"hires methods": {"args": [{"scalecrafter_dilation": "DB2=1000"}]}}, "scalecrafter_dilation", "from 1 to 8"),
+    ({"hires methods": {"args": [{"scalecrafter_dilation": "DB9=2"}]}}, "scalecrafter_dilation", "no block 'DB9'"),
+    ({"hires methods": {"args": [{"scalecrafter_dilation": "DB2=2 DB2=3"}]}}, "scalecrafter_dilation", "twice"),
+    ({"hires methods": {"args": [{"tiled_vae_decoder_tile": 1}]}}, "tiled_vae_decoder_tile", "0 (auto) or"),
+])
+def test_malformed_entries_are_422(scripts: object, key: str, message: str) -> None:
+    problem = request_problem(raw(scripts))
+    assert problem is not None and key in problem["errors"], problem  # type: ignore[operator]
+    assert message in problem["errors"][key]  # type: ignore[index]
+    assert message in problem["detail"]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("scripts", [
+    {"hires methods": {}},  # no args: the WebUI runs the script with its UI defaults (off)
+    {"hires methods": {"args": []}},
+    {"other script": {"args": {"not": "a list"}}},  # never ours to judge
+    {"other script": "junk"},
+    ["not", "a", "dict"],  # the WebUI's own validation answers this
+    None,
+])
+def test_entries_left_to_the_webui(scripts: object) -> None:
+    assert request_problem(raw(scripts)) is None

@@ -3,9 +3,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from lib_hires.job import PassSize, passes_for, plan_job, preview
+from lib_hires.job import PassSize, plan_job, preview
+from lib_hires.methods.scalecrafter import passes_for
 from lib_hires.params import (
-    GROUPS, WEBUI_HIRES_KEYS, Settings, all_fields, from_infotext, from_ui, to_api_dict, validate_api_dict,
+    GROUPS,
+    WEBUI_HIRES_KEYS,
+    Settings,
+    all_fields,
+    from_infotext,
+    from_ui,
+    to_api_dict,
+    validate_api_dict,
 )
 from lib_hires.unet import map_unet
 from tests.host.host import Models
@@ -32,13 +40,13 @@ def test_apply_to() -> None:
 
 def test_hires_fix_dilates_the_hires_pass_for_its_own_size(sd1: Models) -> None:
     plan = plan_job(settings(), sd1.unet, None, FIRST, HIRES)
-    assert list(plan.plans) == ["hires"]  # first pass at the native 512: Auto leaves it alone
-    assert plan.plans["hires"].resolution.source == "Auto: SD1.5 1024x1024 (code)"
+    assert list(plan.passes) == ["hires"]  # first pass at the native 512: Auto leaves it alone
+    assert plan.passes["hires"].resolution.source == "Auto: SD1.5 1024x1024 (code)"
     assert plan.infotext["Hires ScaleCrafter setting"] == "hires pass: Auto: SD1.5 1024x1024 (code)"
     both = plan_job(settings(scalecrafter_apply_to="both"), sd1.unet, None, PassSize("first", 1024, 1024, 20),
                     PassSize("hires", 2048, 2048, 10))
-    assert list(both.plans) == ["first", "hires"]
-    assert both.plans["hires"].resolution.progressive and not both.plans["first"].resolution.progressive
+    assert list(both.passes) == ["first", "hires"]
+    assert both.passes["hires"].resolution.progressive and not both.passes["first"].resolution.progressive
 
 
 def test_problems_become_warnings_and_the_job_runs_unmodified(sd1: Models, sdxl: Models) -> None:
@@ -58,7 +66,7 @@ def test_problems_become_warnings_and_the_job_runs_unmodified(sd1: Models, sdxl:
 def test_explicit_keys_override_the_preset(sd1: Models) -> None:
     plan = plan_job(settings(scalecrafter_tau=0.3, scalecrafter_progressive=False), sd1.unet, None,
                     PassSize("first", 2048, 2048, 20), None)
-    resolution = plan.plans["first"].resolution
+    resolution = plan.passes["first"].resolution
     assert resolution.tau == 0.3 and not resolution.progressive
     assert dict(resolution.dilation) == {"DB1": 2, "DB2": 3, "DB3": 4, "MB": 4, "UB0": 4, "UB1": 3, "UB2": 2}
     assert resolution.source == "Auto: SD1.5 2048x2048 (code) (set: tau, progressive)"
@@ -76,7 +84,7 @@ def test_infotext_reproduces_the_plan_and_never_collides(sd1: Models) -> None:
     controls = {**to_api_dict(validate_api_dict(GROUPS, {}).values.values()), **from_infotext(GROUPS, plan.infotext)}
     pasted = from_ui(GROUPS, controls)
     again = plan_job(pasted, sd1.unet, None, PassSize("first", 1536, 1536, 20), None)
-    assert again.plans["first"].convs == plan.plans["first"].convs
+    assert again.passes["first"].convs == plan.passes["first"].convs
     assert again.infotext == plan.infotext
 
 
@@ -88,3 +96,52 @@ def test_preview(sd1: Models) -> None:
     _, custom = preview(settings(scalecrafter_preset="custom"), sd1.unet, None, PassSize("first", 1024, 1024, 20), None)
     assert custom is None
     assert map_unet(sd1.unet).family.value == "sd1"
+
+
+def test_padding_never_reaches_beyond_the_feature_map(sd1: Models, sdxl: Models) -> None:
+    """A factor f pads by ceil(f) per side; at 256 px SD1's deepest maps are 4 px wide."""
+    custom = {"scalecrafter_preset": "custom", "scalecrafter_tau": 1.0}
+    small = PassSize("first", 256, 256, 10)
+    ok = plan_job(settings(**custom, scalecrafter_dilation="DB1=8 MB=4"), sd1.unet, None, small, None)
+    assert ok.runs and not ok.warnings  # DB1 runs on 16 px maps, MB on 4 px ones
+    refused = plan_job(settings(**custom, scalecrafter_dilation="DB1=2 MB=5"), sd1.unet, None, small, None)
+    assert not refused.runs
+    assert refused.warnings == ("ScaleCrafter not applied to the first pass: scalecrafter_dilation: MB=5 would pad a "
+                                "conv's 4-pixel feature map by 5 pixels per side, beyond the map (the largest factor "
+                                "there is 4 at this size)",)
+    nd = plan_job(settings(**custom, scalecrafter_dilation="DB1=2", scalecrafter_ndcfg_dilation="UB0=4.5",
+                           scalecrafter_ndcfg_tau=0.5), sd1.unet, None, small, None)
+    assert not nd.runs and "scalecrafter_ndcfg_dilation: UB0=4.5 would pad" in nd.warnings[0]
+    # the same values fit at 512 px, where the deepest maps are 8 px wide
+    assert plan_job(settings(**custom, scalecrafter_dilation="DB1=2 MB=5"), sd1.unet, None, FIRST, None).runs
+    # dispersed convs pad by 2 ceil(f / 2)
+    dispersed = plan_job(settings(**custom, scalecrafter_dilation="MB=4.5", scalecrafter_disperse=True,
+                                  scalecrafter_disperse_blocks="MB"), sd1.unet, None, small, None)
+    assert not dispersed.runs
+    assert "MB=4.5 would pad a dispersed conv's 4-pixel feature map by 6 pixels" in dispersed.warnings[0]
+    sdxl_part = plan_job(settings(**custom, scalecrafter_dilation="DB2.sampler=2"), sdxl.unet, None, small, None)
+    assert not sdxl_part.runs and "SDXL UNet's DB2 has no sampler convs" in sdxl_part.warnings[0]
+
+
+def test_given_values_the_plan_does_not_use_are_named(sd1: Models) -> None:
+    auto_small = plan_job(settings(scalecrafter_dilation="DB1=2"), sd1.unet, None, FIRST, None)
+    assert not auto_small.runs
+    assert auto_small.warnings == (
+        "not used: scalecrafter_dilation (nothing is re-dilated: first pass 512x512: Auto: target is at or below "
+        "the model's native size (512 px): no re-dilation (set: dilation); give scalecrafter_tau as well, or use "
+        "preset Custom)",)
+    assert auto_small.infotext["Hires warning"] == auto_small.warnings[0]
+    both = plan_job(settings(scalecrafter_dilation="DB1=2", scalecrafter_tau=0.5), sd1.unet, None, FIRST, None)
+    assert both.runs and not both.warnings  # given together they override the empty Auto setting
+    nd_off = plan_job(settings(scalecrafter_ndcfg=False, scalecrafter_ndcfg_dilation="MB=2"), sd1.unet, None,
+                      PassSize("first", 1024, 1024, 10), None)
+    assert nd_off.runs and nd_off.warnings == (
+        "not used: scalecrafter_ndcfg_dilation (noise-damped CFG is off (scalecrafter_ndcfg: false))",)
+    none = plan_job(settings(method="none", scalecrafter_tau=0.3, tiled_vae_decoder_tile=32), sd1.unet, None,
+                    FIRST, None)
+    assert none.warnings == ("not used (method is none): scalecrafter_tau",
+                             "not used (Tiled VAE is off): tiled_vae_decoder_tile")
+    # the UI sends every control: nothing counts as given outside the chosen method's Custom fields
+    controls = {**to_api_dict(validate_api_dict(GROUPS, {}).values.values()), "enabled": True, "method": "none",
+                "scalecrafter_preset": "custom", "scalecrafter_tau": 0.3, "tiled_vae_decoder_tile": 32}
+    assert plan_job(from_ui(GROUPS, controls), sd1.unet, None, FIRST, None).warnings == ()

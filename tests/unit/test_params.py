@@ -6,8 +6,19 @@ from dataclasses import dataclass
 import pytest
 
 from lib_hires.params import (
-    ParamError, ParamGroup, all_fields, fields, format_infotext, from_infotext, param, parse_infotext,
-    to_api_dict, to_infotext, validate_api_dict, xyz_axes,
+    ParamError,
+    ParamGroup,
+    Syntax,
+    all_fields,
+    fields,
+    format_infotext,
+    from_infotext,
+    param,
+    parse_infotext,
+    to_api_dict,
+    to_infotext,
+    validate_api_dict,
+    xyz_axes,
 )
 
 
@@ -32,8 +43,10 @@ class Demo(ParamGroup):
     tau: float = param(0.6, "Tau", "Fraction of steps.", minimum=0.0, maximum=1.0, step=0.01)
     steps: int = param(10, "Steps", "Steps.", minimum=1, maximum=150)
     mode: str = param("fast", "Mode", "Mode.", choices=("fast", "exact"))
-    blocks: str = param("DB1=2 MB=4", "Blocks", "Per-block factors.", parse=parse_blocks, xyz=False)
+    blocks: str = param("DB1=2 MB=4", "Blocks", "Per-block factors.",
+                        syntax=Syntax(parse_blocks, "BLOCK=FACTOR items"), xyz=False)
     progressive: bool = param(True, "Progressive", "Decay the factor.")
+    tile: int = param(0, "Tile", "Tile size.", minimum=16, maximum=64, zero="auto")
 
     def check(self) -> dict[str, str]:
         if self.mode == "exact" and self.steps < 5:
@@ -51,6 +64,8 @@ def test_defaults_and_api_round_trip() -> None:
                                         "demo_mode": "exact", "demo_progressive": False})
     assert custom[Demo] == Demo(tau=1.0, steps=20, mode="exact", progressive=False)
     assert isinstance(custom[Demo].tau, float) and isinstance(custom[Demo].steps, int)
+    assert validate_api_dict(GROUPS, {"demo_tile": 0})[Demo].tile == 0  # zero: "auto", outside the range
+    assert validate_api_dict(GROUPS, {"demo_tile": 16.0})[Demo].tile == 16
     assert custom.given == {"enabled", "demo_tau", "demo_steps", "demo_mode", "demo_progressive"}
     assert validate_api_dict(GROUPS, to_api_dict(custom.values.values())).values == custom.values
 
@@ -71,6 +86,11 @@ def test_keys_labels() -> None:
     ({"enabled": 1}, "enabled", "got 1; allowed: true or false"),
     ({"method": "demofusion"}, "method", "allowed: one of 'none', 'demo'"),
     ({"demo_blocks": "DB1=0.5"}, "demo_blocks", "factors >= 1"),
+    ({"demo_tau": float("nan")}, "demo_tau", "got nan; allowed: a number from 0 to 1"),
+    ({"demo_tau": float("inf")}, "demo_tau", "got inf"),
+    ({"demo_steps": float("-inf")}, "demo_steps", "got -inf; allowed: an integer from 1 to 150"),
+    ({"demo_tile": 8}, "demo_tile", "got 8; allowed: 0 (auto) or an integer from 16 to 64"),
+    ({"demo_tile": 65}, "demo_tile", "0 (auto) or an integer from 16 to 64"),
     ({"version": 2}, "version", "got 2; allowed: 1"),
     ({"demo_mode": "exact", "demo_steps": 3}, "demo_mode", "'exact' needs demo_steps >= 5"),
 ])
@@ -138,7 +158,7 @@ def test_choice_labels_both_ways() -> None:
 def test_xyz_axes() -> None:
     axes = {axis.label: axis for axis in xyz_axes(GROUPS)}
     assert list(axes) == ["[Hires] Enabled", "[Hires] Method", "[Hires] Demo Tau", "[Hires] Demo Steps",
-                          "[Hires] Demo Mode", "[Hires] Demo Progressive"]  # blocks has xyz=False
+                          "[Hires] Demo Mode", "[Hires] Demo Progressive", "[Hires] Demo Tile"]  # not blocks: xyz=False
     assert axes["[Hires] Method"].choices == ("None", "Demo")
     assert axes["[Hires] Method"].parse("Demo") == "demo"
     assert axes["[Hires] Method"].parse("none") == "none"

@@ -1,10 +1,24 @@
 """Paper block names on the real LDM UNet, in the SD1, SD2 and SDXL block layouts."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from torch import nn
 
-from lib_hires.unet import ModelFamily, UnsupportedModel, detect_family, map_unet
+from lib_hires.unet import (
+    ALL_BLOCKS,
+    ModelFamily,
+    UnsupportedModel,
+    detect_family,
+    family_blocks,
+    family_sampler_blocks,
+    format_block_values,
+    level_size,
+    map_unet,
+    parse_block_list,
+    parse_block_values,
+)
 from tests.host.models import LAYOUTS, build_unet
 
 # The 50 eligible convs of the official ScaleCrafter list for SD1.5/SD2.1 (all_valid_convs.txt),
@@ -95,3 +109,72 @@ def test_conv_values(unets: dict[str, nn.Module]) -> None:
     assert list(values) == [c for c in m.eligible_convs if c in values]  # forward order
     with pytest.raises(KeyError, match="'resnets' or 'sampler'"):
         m.conv_values({"DB2.attn": 2})
+
+
+def test_conv_values_refuses_what_this_unet_lacks(unets: dict[str, nn.Module]) -> None:
+    sdxl = map_unet(unets["sdxl"])
+    with pytest.raises(KeyError, match="no block 'DB3'"):
+        sdxl.conv_values({"DB3": 2})
+    with pytest.raises(KeyError, match="SDXL UNet's DB2 has no sampler convs"):
+        sdxl.conv_values({"DB2.sampler": 2})  # valid in SD1.x/SD2.x, where DB2 ends in a downsampler
+
+
+def test_family_block_tables_match_the_unets(unets: dict[str, nn.Module]) -> None:
+    for name, unet in unets.items():
+        m = map_unet(unet)
+        assert family_blocks(m.family) == m.block_names, name
+        assert family_sampler_blocks(m.family) == tuple(b.name for b in m.blocks if b.sampler_convs), name
+    assert ALL_BLOCKS == ("DB0", "DB1", "DB2", "DB3", "MB", "UB0", "UB1", "UB2", "UB3")
+
+
+def test_conv_levels_and_feature_map_sizes(unets: dict[str, nn.Module]) -> None:
+    m = map_unet(unets["sd1"])
+    assert m.conv_level("input_blocks.1.0.in_layers.2") == 0
+    assert m.conv_level("input_blocks.3.0.op") == 0  # a downsampler reads its block's level
+    assert m.conv_level("middle_block.0.in_layers.2") == 3
+    assert m.conv_level("output_blocks.2.1.conv") == 2  # an upsampler conv runs on the finer level
+    assert [level_size(64, level) for level in range(4)] == [64, 32, 16, 8]
+    assert [level_size(13, level) for level in range(4)] == [13, 7, 4, 2]
+
+
+@pytest.mark.parametrize("text, canonical", [
+    ("", {}),
+    ("DB1=2 DB2=3, MB=4", {"DB1": 2, "DB2": 3, "MB": 4}),
+    ("DB2=3 DB2.sampler=4 UB3.resnets=2", {"DB2": 3, "DB2.sampler": 4, "UB3.resnets": 2}),
+    ("UB0=8", {"UB0": 8}),
+    ("DB0=1.25", {"DB0": 1.25}),
+])
+def test_block_values_accepted(text: str, canonical: dict[str, float]) -> None:
+    assert parse_block_values(text, 8) == canonical
+    assert parse_block_values(format_block_values(canonical), 8) == canonical
+
+
+@pytest.mark.parametrize("text, message", [
+    ("DB4=2", "no block 'DB4' in any supported model; blocks: DB0-DB3, MB, UB0-UB3"),
+    ("XB1=2", "no block 'XB1'"),
+    ("MB.sampler=2", "MB has no sampler conv in any supported model; blocks with one: DB0, DB1, DB2, UB0"),
+    ("DB3.sampler=2", "DB3 has no sampler conv"),
+    ("DB2.attn=2", "must be 'resnets' or 'sampler'"),
+    ("DB2=3 DB2=4", "'DB2' is given twice"),
+    ("DB2.sampler=4 DB2=3", "'DB2' after 'DB2.sampler' would replace it"),
+    ("DB2=", "expected BLOCK=FACTOR"),
+    ("DB2", "expected BLOCK=FACTOR"),
+    ("=2", "no block ''"),
+    ("DB2=0.5", "from 1 to 8"),
+    ("DB2=9", "from 1 to 8"),
+    ("DB2=1000", "from 1 to 8"),
+    ("DB2=inf", "from 1 to 8"),
+    ("DB2=nan", "from 1 to 8"),
+    ("DB2=two", "from 1 to 8"),
+])
+def test_block_values_refused(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_block_values(text, 8)
+
+
+def test_block_lists() -> None:
+    assert parse_block_list("DB3, MB UB0 DB2.sampler") == ("DB3", "MB", "UB0", "DB2.sampler")
+    for text, message in (("DB3 DB3", "given twice"), ("DB3=2", "block names only"), ("UB9", "no block 'UB9'"),
+                          ("DB2.sampler DB2", "would replace it")):
+        with pytest.raises(ValueError, match=message):
+            parse_block_list(text)

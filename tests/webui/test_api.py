@@ -6,8 +6,9 @@ from typing import Any
 
 from tests.webui.conftest import WebUI
 
-# a setting that runs at any size (Auto leaves a 128 px SD1.5 job alone: it is below the native size)
-CUSTOM = {"scalecrafter_preset": "custom", "scalecrafter_dilation": "DB2=2 MB=3 UB0=2", "scalecrafter_tau": 1.0}
+# a setting that runs at 128 px (Auto leaves a 128 px SD1.5 job alone: it is below the native size; the
+# deepest feature maps are 2 px wide there, so the factors stay on blocks with wider maps)
+CUSTOM = {"scalecrafter_preset": "custom", "scalecrafter_dilation": "DB1=2 DB2=3 UB1=2", "scalecrafter_tau": 1.0}
 
 
 def hires(*args: Any) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def test_disabled_is_untouched_and_dict_args_apply(webui: WebUI) -> None:
     assert ours(off.infotexts[0]) == {}
     assert on.image_hashes != plain.image_hashes
     keys = ours(on.infotexts[0])
-    assert keys["Hires method"] == "scalecrafter" and keys["Hires ScaleCrafter dilation"] == "DB2=2 MB=3 UB0=2"
+    assert keys["Hires method"] == "scalecrafter" and keys["Hires ScaleCrafter dilation"] == "DB1=2 DB2=3 UB1=2"
     assert keys["Hires version"] == "1"
 
 

@@ -1,0 +1,93 @@
+"""The method protocol: what every method declares and returns, so that the job planner, the infotext,
+the summary line, the accordion and X/Y/Z are derived from declarations instead of method names.
+
+A method is one module in `lib_hires/methods/` with an object satisfying `Method`, listed in
+`methods.METHODS`, plus its parameter group in `params.py` (whose `KEY` is the method's API value
+and `TITLE` its label). Given its parameters and the job (model, pass sizes, tab) it returns a
+`MethodPlan`: per sampling pass a `PassPlan` that patches the UNet and returns the hooks to sample
+with, the values it resolved (written to the infotext and shown in the preset-locked UI fields), one
+summary line per pass, warnings, and the explicitly given keys it had no use for.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from torch import nn
+
+from ..params import ParamGroup
+from ..patching import PatchScope
+from ..sampling.hooks import PassHooks
+from ..unet import UNetMap
+
+Warn = Callable[[str], None]
+TABS = ("txt2img", "img2img")
+
+
+@dataclass(frozen=True)
+class PassSize:
+    """One sampling pass of the job, in pixels, with its number of sampler steps."""
+
+    name: str  # "first" or "hires"
+    width: int
+    height: int
+    steps: int
+
+    @property
+    def latent(self) -> tuple[int, int]:
+        """(height, width) of its latent (every supported VAE downsamples by 8)."""
+        return self.height // 8, self.width // 8
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a method plans against: the UNet's block map, the native size, the passes and the tab."""
+
+    unet_map: UNetMap
+    native: int
+    first: PassSize
+    hires: PassSize | None  # None: hires fix is off (always in img2img)
+    tab: str = "txt2img"
+
+    @property
+    def passes(self) -> tuple[PassSize, ...]:
+        return (self.first,) if self.hires is None else (self.first, self.hires)
+
+
+class PassPlan(Protocol):
+    """One planned sampling pass of a method."""
+
+    def install(self, unet: nn.Module, scope: PatchScope, warn: Warn) -> PassHooks:
+        """Patch `unet` for this pass (undone when `scope` exits); the hooks to sample it with."""
+
+
+@dataclass(frozen=True)
+class MethodPlan:
+    """What a method does in one job.
+
+    `passes` maps a pass name ("first", "hires") to its plan; a pass it leaves alone is absent.
+    `resolved` is its parameter group with every preset-controlled value replaced by what the plan
+    uses (the infotext writes it; the UI shows it in the locked fields); `notes` are further
+    infotext entries of the method (label -> text, e.g. where its setting came from). `lines` is one
+    line per pass for the summary, `warnings` what the user should know, `unused` the explicitly
+    given API keys the plan had no use for, with the reason.
+    """
+
+    passes: Mapping[str, PassPlan]
+    resolved: ParamGroup
+    notes: Mapping[str, str] = field(default_factory=dict)
+    lines: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    unused: Mapping[str, str] = field(default_factory=dict)
+
+
+class Method(Protocol):
+    """A high-resolution method. `params` is its group in `params.py`; `tabs` where it is offered."""
+
+    params: type[ParamGroup]
+    tabs: tuple[str, ...]
+
+    def plan(self, params: ParamGroup, given: frozenset[str], job: JobContext) -> MethodPlan:
+        """Plan the job. Settings that cannot apply to this model or size become warnings (and the
+        affected passes are left out); this never raises for user input that passed validation."""
