@@ -17,21 +17,13 @@ from torch import nn
 from .methods import METHODS
 from .methods.base import JobContext, MethodPlan, PassPlan, PassSize, Warn
 from .params import (
-    FEATURE_GROUPS,
-    INFOTEXT_PREFIX,
-    METHOD_GROUPS,
-    General,
-    ParamGroup,
-    Settings,
-    TiledVAEParams,
-    fields,
-    to_infotext,
+    FEATURE_GROUPS, METHOD_GROUPS, WARNING_KEY, General, ParamGroup, Settings, TiledVAEParams, fields, to_infotext,
 )
 from .patching import PatchScope
 from .sampling.hooks import PassHooks
-from .unet import UnsupportedModel, map_unet
+from .unet import ModelFamily, UNetMap, UnsupportedModel, map_unet
 
-__all__ = ["JobPlan", "PassSize", "plan_job", "preview", "tiled_vae"]
+__all__ = ["JobPlan", "PassSize", "Preview", "plan_job", "preview", "tiled_vae"]
 
 NATIVE_SIZE = {"sd1": 512, "sd2": 512, "sdxl": 1024}  # when the host does not know better (SD2-v: 768)
 
@@ -45,13 +37,18 @@ class JobPlan:
 
     passes: Mapping[str, PassPlan] = field(default_factory=dict)
     infotext: Mapping[str, str] = field(default_factory=dict)
+    lines: tuple[str, ...] = ()  # what runs, one line per feature and pass
     warnings: tuple[str, ...] = ()
-    summary: str = "off"
     method: MethodPlan | None = None
 
     @property
     def runs(self) -> bool:
         return bool(self.passes)
+
+    @property
+    def summary(self) -> str:
+        """One line for the log: what runs, then the warnings ("off" when there is nothing)."""
+        return "; ".join(self.lines + self.warnings) or "off"
 
     def install(self, pass_name: str, unet: nn.Module, scope: PatchScope, warn: Warn) -> PassHooks:
         """Patch `unet` for one planned sampling pass (undone when `scope` exits); the hooks to sample it with."""
@@ -65,7 +62,7 @@ def tiled_vae(settings: Settings) -> TiledVAEParams | None:
 
 
 def _warning_entries(warnings: list[str]) -> dict[str, str]:
-    return {f"{INFOTEXT_PREFIX}warning": " / ".join(warnings)} if warnings else {}
+    return {WARNING_KEY: " / ".join(warnings)} if warnings else {}
 
 
 def _worth_noting(values: ParamGroup, key: str) -> bool:
@@ -92,8 +89,11 @@ def _inactive_given(settings: Settings, active: list[type[ParamGroup]]) -> list[
 
 
 def plan_job(settings: Settings, unet: nn.Module | None, native: int | None, first: PassSize,
-             hires: PassSize | None, tab: str = "txt2img") -> JobPlan:
-    """Plan the job: the chosen method's passes, the tiled VAE, the infotext and the summary."""
+             hires: PassSize | None, tab: str = "txt2img", family: ModelFamily | None = None) -> JobPlan:
+    """Plan the job: the chosen method's passes, the tiled VAE, the infotext and the summary.
+
+    Without a `unet` but with its `family` (a preview before the model is loaded) the method resolves
+    its values and summary lines but plans no pass."""
     general: General = settings[General]
     if not general.enabled:
         return JobPlan()
@@ -105,14 +105,17 @@ def plan_job(settings: Settings, unet: nn.Module | None, native: int | None, fir
     if method is not None and tab not in method.tabs:
         warnings.append(f"{method.params.TITLE} is not available in {tab}; the job ran without it")
     elif method is not None:
+        unet_map: UNetMap | None = None
         try:
             unet_map = map_unet(unet)
+            family = unet_map.family
         except UnsupportedModel as exc:
-            warnings.append(f"unsupported model, job ran unmodified ({exc})")
-        else:
-            job = JobContext(unet_map, native or NATIVE_SIZE[unet_map.family.value], first, hires, tab)
+            if unet is not None or family is None:
+                warnings.append(f"unsupported model, job ran unmodified ({exc})")
+        if family is not None and (unet_map is not None or unet is None):
+            job = JobContext(family, unet_map, native or NATIVE_SIZE[family.value], first, hires, tab)
             method_plan = method.plan(settings[method.params], settings.given, job)
-            lines += method_plan.lines
+            lines += [f"{method.params.TITLE}, {line}" for line in method_plan.lines]
             warnings += method_plan.warnings
             warnings += [f"not used: {key} ({why})" for key, why in method_plan.unused.items()
                          if _worth_noting(settings[method.params], key)]
@@ -134,21 +137,31 @@ def plan_job(settings: Settings, unet: nn.Module | None, native: int | None, fir
             shown.append(tiles)
         infotext = to_infotext(shown)
         if passes and method_plan is not None and method is not None:
-            infotext.update({f"{INFOTEXT_PREFIX}{method.params.TITLE} {label}": text
+            infotext.update({f"{method.params.TITLE} {label}": text
                              for label, text in method_plan.notes.items()})
     infotext.update(_warning_entries(warnings))
-    summary = "; ".join(lines + warnings) or "off"
-    return JobPlan(passes, infotext, tuple(warnings), summary, method_plan)
+    return JobPlan(passes, infotext, tuple(lines), tuple(warnings), method_plan)
 
 
-def preview(settings: Settings, unet: nn.Module, native: int | None, first: PassSize,
-            hires: PassSize | None, tab: str = "txt2img") -> tuple[str, ParamGroup | None]:
-    """What the UI shows before Generate: the summary line, and the method's values as its preset
-    resolves them (None while the user edits them: preset Custom, or no method plan)."""
+@dataclass(frozen=True)
+class Preview:
+    """What the UI shows before Generate: whether the extension is on, the plan's lines and warnings as
+    if it were on, and the method's values as its preset decides them (`locked`; None while the user
+    edits them: preset Custom, or no method)."""
+
+    enabled: bool
+    lines: tuple[str, ...]
+    warnings: tuple[str, ...]
+    locked: ParamGroup | None
+
+
+def preview(settings: Settings, unet: nn.Module | None, native: int | None, first: PassSize,
+            hires: PassSize | None, tab: str = "txt2img", family: ModelFamily | None = None) -> Preview:
+    """Plan the job as if the extension were on (see `plan_job`), for the accordion's summary line."""
     enabled = settings[General].enabled
     plan = plan_job(settings if enabled else settings.with_overrides({"enabled": True}), unet, native, first, hires,
-                    tab)
-    summary = plan.summary if enabled else f"(off) {plan.summary}"
-    if plan.method is None or getattr(plan.method.resolved, "preset", "custom") == "custom":
-        return summary, None
-    return summary, plan.method.resolved
+                    tab, family)
+    locked = plan.method.resolved if plan.method is not None else None
+    if getattr(locked, "preset", "custom") == "custom":
+        locked = None
+    return Preview(enabled, plan.lines, plan.warnings, locked)

@@ -8,11 +8,16 @@ derived from that one declaration, so adding a parameter is one edit:
   group `scalecrafter` has the key `scalecrafter_tau` (shared fields keep their bare name).
   `validate_api_dict` turns such a dict into values, with defaults for omitted keys, and raises one
   `ParamError` naming every bad field and what it allows.
-* Infotext: `Hires <Group title> <field name with spaces>` keys (shared: `Hires <field>`), plus
-  `Hires version`. Values are written so that they contain no `,` or `:` (else JSON-quoted, as the
-  WebUI does), and parse back to the same values (floats via `repr`, exact round trip).
-* XYZ: one axis per field with `xyz=True`, labelled `[Hires] <Group title> <label>`.
-* UI: label, help, range/step or choices for the component (built by the WebUI glue).
+* Infotext (version 2): keys named like the UI: `<Group title> <label>` (`ScaleCrafter dilated steps`;
+  a group's `enabled` field is the title alone, `Tiled VAE`), the shared fields under the extension's
+  name (`Hires Methods: ScaleCrafter` is the method; `Hires Methods version`). Nothing is written for
+  a disabled job, so our keys' presence means "enabled". Values are written as the UI shows them
+  (choice labels, `auto` for a 0 that means auto), contain no `,` or `:` (else JSON-quoted, as the
+  WebUI does), and parse back to the same values (floats via `repr`, exact round trip). Version-1
+  keys (`Hires ScaleCrafter tau`, `Hires method`, ...) are still read.
+* XYZ: one axis per field with `xyz=True`, labelled `[Hires Methods] <infotext name>`.
+* UI: label, help, range/step or choices for the component, and the tabs it shows in (built by the
+  WebUI glue).
 
 This module is pure: the WebUI glue turns these specs into gradio components and XYZ axes.
 """
@@ -31,9 +36,15 @@ from .presets import PRESETS
 from .unet import BLOCK_NAMES_TEXT, format_block_values, parse_block_list, parse_block_values
 
 API_VERSION = 1
-INFOTEXT_PREFIX = "Hires "
-XYZ_PREFIX = "[Hires] "
-# the WebUIs' own hires-fix infotext keys share our prefix: ours must never collide with them
+INFOTEXT_VERSION = 2
+NAME = "Hires Methods"  # the extension: the infotext key of the method, and the prefix of shared keys
+VERSION_KEY = f"{NAME} version"
+WARNING_KEY = f"{NAME} warning"
+XYZ_PREFIX = f"[{NAME}] "
+MASTER = "enabled"  # the switch of the whole extension: never written (our keys' presence means on)
+TABS = ("txt2img", "img2img")
+LEGACY_PREFIX = "Hires "  # version-1 infotext keys: "Hires version", "Hires method", "Hires ScaleCrafter tau"
+# the WebUIs' own hires-fix infotext keys, which version-1 keys shared a prefix with
 WEBUI_HIRES_KEYS = frozenset({
     "Hires upscale", "Hires resize", "Hires resize-1", "Hires resize-2", "Hires steps", "Hires upscaler", "Hires sampler",
     "Hires schedule type", "Hires checkpoint", "Hires prompt", "Hires negative prompt", "Hires CFG Scale",
@@ -54,6 +65,8 @@ class Spec:
     choice_labels: tuple[str, ...] | None = None  # UI/XYZ names of `choices`, same order
     syntax: Syntax | None = None  # the grammar of a free-text value
     zero: str | None = None  # what 0 means when it lies outside [minimum, maximum], e.g. "auto"
+    tabs: tuple[str, ...] = TABS  # where the UI shows the control
+    infotext: str | None = None  # infotext key, when not the derived one
     xyz: bool = True
     from_preset: bool = False  # taken from the group's preset unless given explicitly (see `Settings`)
 
@@ -70,10 +83,12 @@ class Syntax:
 def param(default: Any, label: str, help: str, *, minimum: float | None = None, maximum: float | None = None,
           step: float | None = None, choices: Sequence[str] | None = None,
           choice_labels: Sequence[str] | None = None, syntax: Syntax | None = None, zero: str | None = None,
-          xyz: bool = True, from_preset: bool = False) -> Any:
+          tabs: Sequence[str] = TABS, infotext: str | None = None, xyz: bool = True,
+          from_preset: bool = False) -> Any:
     """Declare a parameter field: `tau: float = param(0.7, "Tau", "...", minimum=0, maximum=1)`."""
     spec = Spec(label, help, minimum, maximum, step, tuple(choices) if choices is not None else None,
-                tuple(choice_labels) if choice_labels is not None else None, syntax, zero, xyz, from_preset)
+                tuple(choice_labels) if choice_labels is not None else None, syntax, zero, tuple(tabs), infotext,
+                xyz, from_preset)
     return dataclasses.field(default=default, metadata={"spec": spec})
 
 
@@ -113,12 +128,23 @@ class Field:
 
     @property
     def infotext_key(self) -> str:
+        """`ScaleCrafter dilated steps`, `Tiled VAE` (a group's `enabled`), `Hires Methods <label>`."""
+        if self.spec.infotext is not None:
+            return self.spec.infotext
+        if not self.group.KEY:
+            return f"{NAME} {_sentence(self.spec.label)}"
+        return self.group.TITLE if self.name == MASTER else f"{self.group.TITLE} {_sentence(self.spec.label)}"
+
+    @property
+    def legacy_infotext_key(self) -> str:
+        """The version-1 key: `Hires <Group title> <field name>` (shared fields: `Hires <field name>`)."""
         words = self.name.replace("_", " ")
-        return f"{INFOTEXT_PREFIX}{self.group.TITLE} {words}" if self.group.KEY else f"{INFOTEXT_PREFIX}{words}"
+        return f"{LEGACY_PREFIX}{self.group.TITLE} {words}" if self.group.KEY else f"{LEGACY_PREFIX}{words}"
 
     @property
     def xyz_label(self) -> str:
-        return f"{XYZ_PREFIX}{self.group.TITLE} {self.spec.label}" if self.group.KEY else f"{XYZ_PREFIX}{self.spec.label}"
+        """`[Hires Methods] ScaleCrafter dilated steps`; shared fields: `[Hires Methods] Method`."""
+        return f"{XYZ_PREFIX}{self.spec.label if not self.group.KEY else self.infotext_key}"
 
     def label_of(self, value: object) -> object:
         """The UI label of a choice; any other value unchanged."""
@@ -190,16 +216,23 @@ class Field:
         return value
 
     def to_text(self, value: Any) -> str:
-        """Infotext form of a value (inverse of `from_text`). The empty text is written `""`: the WebUIs
+        """Infotext form of a value, as the UI shows it (inverse of `from_text`): a choice's label, the
+        meaning of a special 0 (`auto`), floats by `repr`. The empty text is written `""`: the WebUIs
         cannot parse an empty value (`Key: ,`) and unquote `""` to the empty text."""
+        if self.spec.zero is not None and value == 0:
+            return self.spec.zero
         if self.type is float:
             return repr(float(value))
-        return str(value) or '""'
+        return str(self.label_of(value)) or '""'
 
     def from_text(self, text: str) -> Any:
-        """Parse an infotext value (unquoted) and validate it like an API value."""
+        """Parse an infotext value (unquoted; a choice by label or key) and validate it like an API value."""
         raw: object
-        if self.type is bool:
+        if self.spec.zero is not None and text == self.spec.zero:
+            raw = 0
+        elif self.spec.choices is not None:
+            raw = self.choice_of(text)
+        elif self.type is bool:
             if text not in ("True", "False"):
                 raise ValueError(f"got {text!r}; allowed: True or False")
             raw = text == "True"
@@ -220,6 +253,13 @@ class Field:
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _sentence(label: str) -> str:
+    """A UI label as the rest of a key: first letter lower-cased unless the word is an acronym
+    ("Dilated steps" -> "dilated steps", "ND-CFG steps" stays)."""
+    word = label.split(" ")[0]
+    return label if sum(c.isupper() for c in word) > 1 else label[:1].lower() + label[1:]
 
 
 def fields(group: type[ParamGroup]) -> tuple[Field, ...]:
@@ -312,32 +352,62 @@ def to_api_dict(values: Iterable[ParamGroup]) -> dict[str, object]:
 
 
 def to_infotext(values: Iterable[ParamGroup]) -> dict[str, str]:
-    """Infotext entries (key -> unquoted text) for the given values, led by `Hires version`."""
-    entries = {f"{INFOTEXT_PREFIX}version": str(API_VERSION)}
+    """Infotext entries (key -> unquoted text) for the values of an enabled job, led by the version.
+    The master switch is not written: the entries' presence says the extension ran."""
+    entries = {VERSION_KEY: str(INFOTEXT_VERSION)}
     for value in values:
         for f in fields(type(value)):
-            entries[f.infotext_key] = f.to_text(getattr(value, f.name))
+            if f.api_key != MASTER:
+                entries[f.infotext_key] = f.to_text(getattr(value, f.name))
     return entries
 
 
-def from_infotext(groups: Sequence[type[ParamGroup]], entries: Mapping[str, str]) -> dict[str, object]:
-    """Parse infotext entries back into a flat API dict, for the keys present (others keep defaults).
+def read_infotext(groups: Sequence[type[ParamGroup]], entries: Mapping[str, str],
+                  ) -> tuple[dict[str, object], dict[str, str]]:
+    """The flat API dict an infotext's entries describe, and the problems of those that could not be read.
 
-    Raises `ParamError` for a malformed value or an unsupported `Hires version`.
+    Reads version-2 keys, and version-1 keys where an entry has no version-2 key. Only the keys present
+    are in the dict (the rest keep their defaults); when any of ours is present the master switch is
+    on (unless a version-1 `Hires enabled` says otherwise). Problems are keyed by infotext key.
     """
     problems: dict[str, str] = {}
     data: dict[str, object] = {}
-    version = entries.get(f"{INFOTEXT_PREFIX}version")
-    if version is not None and version != str(API_VERSION):
-        problems[f"{INFOTEXT_PREFIX}version"] = f"got {version!r}; this extension reads version {API_VERSION}"
+    versions = {VERSION_KEY: str(INFOTEXT_VERSION), f"{LEGACY_PREFIX}version": "1"}
+    for key, expected in versions.items():
+        if key in entries and entries[key] != expected:
+            problems[key] = f"got {entries[key]!r}; allowed: {expected}"
+    found = any(key in entries for key in versions)
     for f in all_fields(groups):
-        text = entries.get(f.infotext_key)
-        if text is None:
+        key = f.infotext_key if f.infotext_key in entries else f.legacy_infotext_key
+        if key not in entries or key in WEBUI_HIRES_KEYS:
             continue
+        found = True
         try:
-            data[f.api_key] = f.from_text(text)
+            data[f.api_key] = f.from_text(entries[key])
         except ValueError as exc:
-            problems[f.infotext_key] = str(exc)
+            problems[key] = str(exc)
+    if found and any(f.api_key == MASTER for f in all_fields(groups)):
+        data.setdefault(MASTER, True)
+    return data, problems
+
+
+def is_ours(key: str, groups: Sequence[type[ParamGroup]]) -> bool:
+    """Whether an infotext key is one this extension writes (or wrote, in version 1): under its name, a
+    field's key, or a method's note (`<method title> ...`). Used to clear stale keys between X/Y/Z cells,
+    which share one dict."""
+    if key == NAME or key.startswith(f"{NAME} "):
+        return True
+    if key.startswith(LEGACY_PREFIX) and key not in WEBUI_HIRES_KEYS and not key.startswith(NAME):
+        return any(key == f.legacy_infotext_key for f in all_fields(groups)) or key in (
+            f"{LEGACY_PREFIX}version", f"{LEGACY_PREFIX}warning")
+    return any(key == f.infotext_key for f in all_fields(groups)) or any(
+        key.startswith(f"{group.TITLE} ") for group in METHOD_GROUPS)
+
+
+def from_infotext(groups: Sequence[type[ParamGroup]], entries: Mapping[str, str]) -> dict[str, object]:
+    """Parse infotext entries back into a flat API dict (see `read_infotext`); `ParamError` naming the
+    infotext keys of malformed values or an unsupported version."""
+    data, problems = read_infotext(groups, entries)
     if problems:
         raise ParamError(problems)
     return data
@@ -432,43 +502,51 @@ class ScaleCrafterParams(ParamGroup):
 
     preset: str = param(
         "auto", "Preset",
-        "Where dilation, steps and ND-CFG come from: Auto picks the official setting nearest to the pass's "
-        "size and scales it; a named preset is one official (code) or paper setting as is; Custom uses the "
-        "fields below. Fields you give explicitly (API, X/Y/Z) override the preset.",
+        "Where the settings below come from. Auto: the official setting nearest to each pass's size, scaled "
+        "to it (a pass at or below the model's native size is left as it is). A named setting is used as "
+        "published: (code) the official repository's config; (code-effective) the official SDXL config as "
+        "the official code really runs it, skipping the blocks SDXL lacks; (intended) that config with its "
+        "SD block names mapped onto SDXL's, our reading of what was meant; (paper) the paper's appendix "
+        "table. Custom: edit the settings yourself.",
         choices=("auto", *(p.key for p in PRESETS), "custom"),
         choice_labels=("Auto", *(p.label for p in PRESETS), "Custom"))
     apply_to: str = param(
         "auto", "Apply to",
-        "Which pass is re-dilated, each for its own size. Auto: the hires pass when hires fix is on, else "
-        "the first pass. (The Auto preset leaves a pass at or below the model's native size unchanged.)",
-        choices=("auto", "first", "hires", "both"), choice_labels=("Auto", "First pass", "Hires pass", "Both"))
+        "Which pass to re-dilate, each for its own size. Auto: the hires-fix pass when hires fix is on, "
+        "else the only pass.",
+        choices=("auto", "first", "hires", "both"), choice_labels=("Auto", "First pass", "Hires pass", "Both"),
+        tabs=("txt2img",))
     dilation: str = param(
         "DB1=2 DB2=2 DB3=2 MB=2 UB0=2 UB1=2 UB2=2", "Dilation",
-        "Perception-field factor per block (DB0-DB3, MB, UB0-UB3; SDXL DB0-DB2, MB, UB0-UB2), e.g. "
-        "'DB2=3 DB3=4 MB=4'; '.resnets' or '.sampler' after a block selects part of it. Fractional factors "
-        "use the official resize trick.", syntax=BLOCK_FACTORS, from_preset=True)
+        "How much wider each UNet block looks, as a factor per block, e.g. 'DB2=3 DB3=4 MB=4': down blocks "
+        "DB0-DB3, middle MB, up blocks UB0-UB3 (SDXL: DB0-DB2, UB0-UB2). Add .resnets or .sampler to a "
+        "block to set only that part of it. Factors from 1 to 8, fractions allowed.",
+        syntax=BLOCK_FACTORS, from_preset=True)
     tau: float = param(
         0.6, "Dilated steps",
-        "Fraction of the pass's steps, from the noisiest, that use re-dilation (the paper's tau / 50).",
-        minimum=0.0, maximum=1.0, step=0.02, from_preset=True)
+        "The share of the pass's steps, from the noisiest, that use the wider convolutions (0.6: the first "
+        "60%).", minimum=0.0, maximum=1.0, step=0.02, from_preset=True)
     progressive: bool = param(
-        False, "Progressive", "Decay each factor toward 2 over the dilated steps: f_i = max(ceil(f (tau-i)/tau), 2).",
-        from_preset=True)
+        False, "Progressive",
+        "Shrink each factor step by step toward 2 over the dilated steps (the official setting for the "
+        "largest sizes).", from_preset=True)
     ndcfg: bool = param(
         True, "Noise-damped CFG",
-        "Where the setting has a noise-damped block set, take the unconditional prediction from a UNet "
-        "dilated only on those blocks (one extra unconditional pass per step while active).")
+        "Where the setting has one, take the negative prompt's prediction from a less dilated UNet: fewer "
+        "repeated objects at large sizes, for one extra UNet pass per step while it is active.")
     ndcfg_dilation: str = param(
-        "", "ND-CFG dilation", "Per-block factors of the noise-damped model (same form as Dilation); empty: off.",
+        "", "ND-CFG dilation",
+        "The factors of that less dilated UNet, written like Dilation; empty: no noise-damped CFG.",
         syntax=BLOCK_FACTORS, from_preset=True)
     ndcfg_tau: float = param(
-        0.0, "ND-CFG steps", "Fraction of the pass's steps that use noise-damped CFG.",
+        0.0, "ND-CFG steps", "The share of the pass's steps, from the noisiest, that use noise-damped CFG.",
         minimum=0.0, maximum=1.0, step=0.02, from_preset=True)
     disperse: bool = param(
         False, "Dispersed convolution",
-        "Use the dispersed 5x5 kernel (paper App. F) on the dispersed blocks; off in every official config.")
+        "Use dispersed 5x5 kernels (paper App. F) on the dispersed blocks while they are dilated. Off in "
+        "every official setting.")
     disperse_blocks: str = param(
-        "", "Dispersed blocks", "Blocks whose convs use the dispersed kernel while dilated, e.g. 'DB3 MB UB0'.",
+        "", "Dispersed blocks", "Blocks whose convolutions use dispersed kernels, e.g. 'DB3 MB UB0'.",
         syntax=BLOCK_LIST, from_preset=True)
 
 
@@ -480,20 +558,21 @@ class TiledVAEParams(ParamGroup):
     TITLE = "Tiled VAE"
 
     enabled: bool = param(
-        False, "Tiled VAE",
-        "Decode and encode in tiles with every GroupNorm's statistics pooled over all tiles: the same "
-        "pixels as the untiled VAE (within 1e-4) at a fraction of its peak memory. Works with any method "
-        "or alone (Method: None).")
+        False, "Use tiled VAE",
+        "Decode and encode images tile by tile: the same pixels as without tiles (within 1e-4), at a "
+        "fraction of the memory. Works with any method, or alone (Method: None).")
     decoder_tile: int = param(
-        0, "Decoder tile", "Core size of a decoder tile in latent pixels (x8 in the image); 0 = from free memory.",
+        0, "Decoder tile",
+        "Size of a decoder tile in latent pixels (one latent pixel is 8 image pixels). 0: as large as free "
+        "memory allows.",
         minimum=16, maximum=512, step=16, zero="auto")  # minimum: vae.memory.MIN_TILE_LATENT (halo cost)
     encoder_tile: int = param(
-        0, "Encoder tile", "Core size of an encoder tile in image pixels; 0 = from free memory.",
+        0, "Encoder tile", "Size of an encoder tile in image pixels. 0: as large as free memory allows.",
         minimum=128, maximum=4096, step=128, zero="auto")
     fp32: str = param(
         "on_nan", "fp32",
-        "Run the VAE math in fp32, tile by tile: On NaN retries a decode/encode whose fp16 VAE overflowed "
-        "(NaN/inf, black or speckled images) in fp32; Always does so from the start.",
+        "Full precision for the VAE math. On NaN: redo a decode or encode in fp32 when the half-precision "
+        "VAE fails (black or speckled images); Always: fp32 from the start; Off: never.",
         choices=("off", "on_nan", "always"), choice_labels=("Off", "On NaN", "Always"))
 
 
@@ -507,11 +586,11 @@ FEATURE_GROUPS: tuple[type[ParamGroup], ...] = (TiledVAEParams,)
 class General(ParamGroup):
     """Shared by every method. The method choices are the method groups' keys and titles."""
 
-    enabled: bool = param(False, "Enabled", "Run Hires Methods for this job (the accordion's switch). An API "
-                          "dict turns it on unless it says \"enabled\": false.")
-    method: str = param("scalecrafter", "Method", "The high-resolution method. None runs only what is enabled "
-                        "besides a method (e.g. Tiled VAE).", choices=("none", *(g.KEY for g in METHOD_GROUPS)),
-                        choice_labels=("None", *(g.TITLE for g in METHOD_GROUPS)))
+    enabled: bool = param(False, "Enabled", "Turn Hires Methods on for this generation: opening the panel turns "
+                          "it on, closing it turns off everything in it.")
+    method: str = param("scalecrafter", "Method", "The high-resolution method. None: no method, only the shared "
+                        "features below (e.g. Tiled VAE).", choices=("none", *(g.KEY for g in METHOD_GROUPS)),
+                        choice_labels=("None", *(g.TITLE for g in METHOD_GROUPS)), infotext=NAME)
 
 
 GROUPS: tuple[type[ParamGroup], ...] = (General, *METHOD_GROUPS, *FEATURE_GROUPS)

@@ -305,7 +305,7 @@ def auto_preset(family: ModelFamily, width: int, height: int, native: int) -> Re
     target = max(width, height) / native
     if target <= 1:
         return ResolvedPreset(None, 1.0, {}, {}, 0, 0, False, (),
-                              f"target is at or below the model's native size ({native} px): no re-dilation")
+                              f"at or below the model's native size ({native} px), nothing to re-dilate")
     candidates = presets_for(family, "code")
     same_aspect = tuple(p for p in candidates if p.aspect == aspect_class(width, height))
     pool = same_aspect or candidates
@@ -315,6 +315,6 @@ def auto_preset(family: ModelFamily, width: int, height: int, native: int) -> Re
     ndcfg = _rescaled(entry.ndcfg_dilation, ratio)
     description = entry.label if ratio == 1 else f"{entry.label} scaled x{ratio:.3g}"
     if not dilation:
-        description += ": every factor rounds to 1, no re-dilation"
+        description += ", every factor rounds to 1: nothing to re-dilate"
     return ResolvedPreset(entry.key, ratio, dilation, ndcfg, entry.tau, entry.ndcfg_tau if ndcfg else 0,
                           entry.progressive, entry.disperse, description)

@@ -21,7 +21,7 @@ which the LDM, SGM and Forge UNets share, so nothing here imports a WebUI.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -178,6 +178,25 @@ def detect_family(unet: nn.Module) -> ModelFamily:
             raise UnsupportedModel("UNet without spatial transformers: not SD1.x/SD2.x")
         return ModelFamily.SD2 if isinstance(transformers[0].proj_in, nn.Linear) else ModelFamily.SD1
     raise UnsupportedModel(f"UNet with {levels} resolution levels: only SD1.x/SD2.x (4) and SDXL (3) are supported")
+
+
+def family_from_keys(keys: Iterable[str]) -> ModelFamily | None:
+    """The family of an LDM-layout checkpoint from its tensor names alone (for a preview before the
+    model is loaded): SDXL has a second text encoder (`conditioner.embedders.1`) and a vector embedding
+    (`label_emb`), SD2.x an OpenCLIP text model (`cond_stage_model.model`), SD1.x a CLIP one
+    (`cond_stage_model.transformer`). None for anything else (another architecture or layout)."""
+    names = set()
+    for key in keys:
+        names.add(".".join(key.split(".")[:3]))
+    if not any(name.startswith("model.diffusion_model.") for name in names):
+        return None
+    if "conditioner.embedders.1" in names or "model.diffusion_model.label_emb" in names:
+        return ModelFamily.SDXL
+    if "cond_stage_model.model.transformer" in names or "cond_stage_model.model.token_embedding" in names:
+        return ModelFamily.SD2
+    if "cond_stage_model.transformer.text_model" in names:
+        return ModelFamily.SD1
+    return None
 
 
 def map_unet(unet: nn.Module) -> UNetMap:

@@ -23,15 +23,16 @@ class HiresMethodsScript(scripts.Script):
     def show(self, is_img2img: bool) -> object:
         return scripts.AlwaysVisible
 
-    def ui(self, is_img2img: bool) -> list[Any]:
+    def _accordion(self) -> webui.Accordion:
         if self.accordion is None:
-            self.accordion = webui.Accordion(self)
-        return self.accordion.build()
+            self.accordion = webui.Accordion(self, "img2img" if self.is_img2img else "txt2img")
+        return self.accordion
+
+    def ui(self, is_img2img: bool) -> list[Any]:
+        return self._accordion().build()
 
     def after_component(self, component: Any, **kwargs: Any) -> None:
-        if self.accordion is None:
-            self.accordion = webui.Accordion(self)
-        self.accordion.capture(component, kwargs.get("elem_id"), "img2img" if self.is_img2img else "txt2img")
+        self._accordion().capture(component, kwargs.get("elem_id"))
 
     def process(self, p: Any, *args: Any) -> None:
         webui.start_job(p, args)

@@ -22,10 +22,23 @@ from ..patching import PatchScope
 from ..sampling.hooks import ModelCall, PassSlot, Rows, take_rows
 from ..vae.hook import VaeTiling
 from .sampler import wrap_pass_sampler
+from .ui_model import UiModel
 
 
 def unet_of(sd_model: Any) -> nn.Module:
     return sd_model.model.diffusion_model
+
+
+def ui_model() -> UiModel:
+    """The loaded model, for the accordion's plan (read without triggering a load)."""
+    from modules import sd_models
+
+    model = sd_models.model_data.sd_model
+    identity = getattr(getattr(model, "sd_checkpoint_info", None), "title", "")
+    try:
+        return UiModel(unet_of(model), native_size(model), None, identity)
+    except AttributeError:  # still loading
+        return UiModel(None, None, None, identity)
 
 
 def native_size(sd_model: Any) -> int | None:

@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,14 +23,45 @@ from torch import nn
 from ..job import JobPlan
 from ..patching import PatchScope
 from ..sampling.hooks import ModelCall, PassSlot, Rows, take_rows
+from ..unet import family_from_keys
 from ..vae.hook import VaeTiling
 from .sampler import wrap_pass_sampler
+from .ui_model import UiModel
 
 UnetWrapper = Callable[[Callable[..., torch.Tensor], dict[str, Any]], torch.Tensor]
 
 
 def unet_of(sd_model: Any) -> nn.Module:
     return sd_model.forge_objects.unet.model.diffusion_model
+
+
+def _checkpoint_keys(path: str) -> list[str]:
+    """Tensor names of a .safetensors file from its header alone ([] for other files)."""
+    if not path.endswith(".safetensors"):
+        return []
+    with open(path, "rb") as file:
+        size = struct.unpack("<Q", file.read(8))[0]
+        return list(json.loads(file.read(min(size, 100 << 20))))
+
+
+def ui_model() -> UiModel:
+    """The model the accordion plans for. Forge loads the selected checkpoint at the first generation;
+    until then (or after another one is selected) the family is read from the checkpoint's header."""
+    from modules import sd_models, shared
+
+    selected = shared.opts.sd_model_checkpoint or ""
+    model = sd_models.model_data.sd_model
+    info = sd_models.get_closet_checkpoint_match(selected)
+    if info is not None and getattr(model, "sd_checkpoint_info", None) == info:
+        try:
+            return UiModel(unet_of(model), native_size(model), None, selected)
+        except AttributeError:  # not a UNet model (e.g. Flux): the plan says so
+            return UiModel(nn.Identity(), None, None, selected)
+    try:
+        family = family_from_keys(_checkpoint_keys(info.filename)) if info is not None else None
+    except (OSError, ValueError, struct.error):
+        family = None
+    return UiModel(None, None, family, selected)
 
 
 def native_size(sd_model: Any) -> int | None:

@@ -1,14 +1,17 @@
 """WebUI glue shared by A1111 and Forge: the accordion, infotext, X/Y/Z axes, API validation, jobs.
 
 `scripts/hires_methods.py` only forwards the Script hooks here. Everything the user can set comes
-from `params.py`: one component per field, in field order (so the UI's positional args, the API's
-positional fallback and the infotext fields cannot drift apart).
+from `params.py` and everything a method does from its declaration (`methods.METHODS`): one
+component per field, in field order (so the UI's positional args, the API's positional fallback and
+the infotext fields cannot drift apart), one titled group per method and per shared feature. Nothing
+here names a method.
 """
 from __future__ import annotations
 
 import html
 import importlib.util
 import json
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,13 +22,15 @@ from modules import script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
 from ..api import ApiValidation, settings_from_args
-from ..job import JobPlan, PassSize, plan_job, preview, tiled_vae
+from ..job import JobPlan, PassSize, Preview, plan_job, preview, tiled_vae
+from ..methods import METHODS
 from ..params import (
-    GROUPS, INFOTEXT_PREFIX, WEBUI_HIRES_KEYS, Field, ParamError, ScaleCrafterParams, Settings,
-    TiledVAEParams, all_fields, xyz_axes,
+    FEATURE_GROUPS, GROUPS, METHOD_GROUPS, NAME, VERSION_KEY, WARNING_KEY, Field, ParamError, ParamGroup, Settings,
+    all_fields, fields, is_ours, read_infotext, xyz_axes,
 )
 from ..patching import LIVE, PatchScope
 from ..sampling.hooks import PassSlot
+from ..unet import UnsupportedModel, detect_family
 from ..vae.hook import VaeTiling
 
 IS_FORGE = importlib.util.find_spec("modules_forge") is not None
@@ -34,12 +39,15 @@ if IS_FORGE:
 else:
     from . import a1111 as host
 
-TITLE = "Hires Methods"  # the API key is its lower case: never rename
+TITLE = NAME  # the script's title; the API key is its lower case: never rename
 JOB_ATTR = "hires_methods_job"  # the job's state, kept on `p` (X/Y/Z copies `p` per cell)
 XYZ_ATTR = "hires_methods_xyz"  # X/Y/Z overrides for the cell: {api_key: value}
 # the tab's controls the summary line follows (elem_id without the "txt2img_"/"img2img_" prefix),
 # captured as the WebUI creates them; img2img has no hires fix
 CORE_IDS = ("width", "height", "steps", "hr-checkbox", "hr_scale", "hr_resize_x", "hr_resize_y", "hires_steps")
+GRADIO_4 = int(gr.__version__.split(".")[0]) >= 4
+QUIET = {"show_progress": "hidden" if GRADIO_4 else False}
+STAMP = "hires-methods-stamp"  # the stamp textbox's value, replaced per event by javascript/hires_methods.js
 
 
 def log(text: str) -> None:
@@ -59,10 +67,6 @@ class JobState:
     tiling: VaeTiling | None = None
 
 
-def _our_keys(params: dict[str, Any]) -> list[str]:
-    return [key for key in params if key.startswith(INFOTEXT_PREFIX) and key not in WEBUI_HIRES_KEYS]
-
-
 def hires_target(p: Any) -> tuple[int, int]:
     """The hires pass's size: the WebUI's own value once `p.init` ran, else computed like it does."""
     if getattr(p, "hr_upscale_to_x", 0):
@@ -80,10 +84,14 @@ def _hires_size(width: int, height: int, scale: float, resize_x: int, resize_y: 
     return resize_x, resize_y
 
 
+def _tab(p: Any) -> str:
+    return "img2img" if hasattr(p, "init_images") else "txt2img"
+
+
 def _warner(p: Any) -> Callable[[str], None]:
     def warn(text: str) -> None:
         log(text)
-        p.extra_generation_params[f"{INFOTEXT_PREFIX}warning"] = text
+        p.extra_generation_params[WARNING_KEY] = text
     return warn
 
 
@@ -97,7 +105,7 @@ def start_job(p: Any, args: Sequence[object]) -> None:
     leftovers = LIVE.restore_all()
     if leftovers:
         log(f"restored {leftovers} patch scope(s) left over from an earlier job")
-    for key in _our_keys(p.extra_generation_params):  # X/Y/Z cells share this dict
+    for key in [key for key in p.extra_generation_params if is_ours(key, GROUPS)]:  # X/Y/Z cells share this dict
         del p.extra_generation_params[key]
     try:
         settings = settings_from_args(args)
@@ -106,7 +114,7 @@ def start_job(p: Any, args: Sequence[object]) -> None:
             settings = settings.with_overrides(overrides)
     except ParamError as error:
         log(f"invalid settings, job runs unmodified: {error}")
-        p.extra_generation_params[f"{INFOTEXT_PREFIX}warning"] = f"invalid settings ({error}); not applied"
+        p.extra_generation_params[WARNING_KEY] = f"invalid settings ({error}); not applied"
         setattr(p, JOB_ATTR, JobState(None))
         return
     state = JobState(settings)
@@ -130,7 +138,8 @@ def plan_batch(p: Any) -> None:
         unet, native = host.unet_of(p.sd_model), host.native_size(p.sd_model)
     except AttributeError:  # not a UNet model (e.g. Flux in Forge): plan_job says so
         unet, native = None, None
-    state.plan = plan_job(state.settings, unet, native, PassSize("first", p.width, p.height, p.steps), hires)
+    first = PassSize("first", p.width, p.height, p.steps)
+    state.plan = plan_job(state.settings, unet, native, first, hires, _tab(p))
     p.extra_generation_params.update(state.plan.infotext)
     if state.plan.summary != "off":
         log(state.plan.summary)
@@ -161,119 +170,227 @@ def finish_job(p: Any) -> None:
 
 # --- the accordion ----------------------------------------------------------------------------
 
-def _component(field: Field, elem_id: str) -> Any:
-    spec = field.spec
-    value = field.label_of(field.default)
+def _component(f: Field, elem_id: str, visible: bool, choices: Sequence[str] | None = None) -> Any:
+    spec = f.spec
+    common = {"label": spec.label, "value": f.label_of(f.default), "elem_id": elem_id, "visible": visible}
     if spec.choices is not None:
-        return gr.Dropdown(label=spec.label, choices=list(spec.choice_labels or spec.choices), value=value,
-                           elem_id=elem_id)
-    if field.type is bool:
-        return gr.Checkbox(label=spec.label, value=value, elem_id=elem_id)
-    if field.type in (int, float) and spec.minimum is not None and spec.maximum is not None:
+        return gr.Dropdown(choices=list(choices or spec.choice_labels or spec.choices), **common)
+    if f.type is bool:
+        return gr.Checkbox(**common)
+    if f.type in (int, float) and spec.minimum is not None and spec.maximum is not None:
         minimum = 0 if spec.zero is not None else spec.minimum
-        return gr.Slider(label=spec.label, minimum=minimum, maximum=spec.maximum, step=spec.step or 1,
-                         value=value, elem_id=elem_id)
-    return gr.Textbox(label=spec.label, value=value, lines=1, elem_id=elem_id)
+        return gr.Slider(minimum=minimum, maximum=spec.maximum, step=spec.step or 1, **common)
+    return gr.Textbox(lines=1, **common)
+
+
+class LatestOnly:
+    """Drops answers to earlier UI events: every event carries a stamp `client:count` (set by
+    javascript/hires_methods.js as the event fires), and an answer whose count is below one already
+    given to that page is not sent, so the page always ends on the answer to its last event, however
+    the server interleaved them."""
+
+    LIMIT = 512  # pages remembered per tab (oldest forgotten first)
+
+    def __init__(self) -> None:
+        self.latest: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def current(self, stamp: object) -> bool:
+        client, _, count = str(stamp).rpartition(":")
+        if not client or not count.isdigit():
+            return True  # an event without a stamp (the page's script not loaded): answer it
+        with self.lock:
+            if int(count) < self.latest.get(client, -1):
+                return False
+            self.latest.pop(client, None)
+            self.latest[client] = int(count)
+            while len(self.latest) > self.LIMIT:
+                del self.latest[next(iter(self.latest))]
+        return True
 
 
 class Accordion:
-    """Owns the components, their events, the infotext fields and the paste names."""
+    """Owns the components of one tab, their events, the infotext fields and the paste names."""
 
-    def __init__(self, script: scripts.Script) -> None:
+    def __init__(self, script: scripts.Script, tab: str) -> None:
         self.script = script
+        self.tab = tab
         self.fields = all_fields(GROUPS)
         self.components: dict[str, Any] = {}
         self.core: dict[str, Any] = {}
+        self.boxes: dict[str, Any] = {}  # method key -> its settings group
+        self.latest = LatestOnly()
 
-    def capture(self, component: Any, elem_id: str | None, tab: str) -> None:
+    def capture(self, component: Any, elem_id: str | None) -> None:
         """`after_component`: remember the tab's controls the summary follows."""
-        prefix = f"{tab}_"
+        prefix = f"{self.tab}_"
         if elem_id and elem_id.startswith(prefix) and elem_id[len(prefix):] in CORE_IDS:
             self.core[elem_id[len(prefix):]] = component
+
+    def _fields_of(self, group: type[ParamGroup]) -> None:
+        eid = self.script.elem_id
+        for f in fields(group):
+            if f.api_key != "enabled":
+                self.components[f.api_key] = _component(f, eid(f.api_key), self.tab in f.spec.tabs)
 
     def build(self) -> list[Any]:
         by_key = {f.api_key: f for f in self.fields}
         eid = self.script.elem_id
+        method_field = by_key["method"]
+        offered = ["none", *(key for key, method in METHODS.items() if self.tab in method.tabs)]
         with InputAccordion(False, label=TITLE, elem_id=eid("enabled")) as enabled:
             self.components["enabled"] = enabled
-            self.components["method"] = _component(by_key["method"], eid("method"))
-            with gr.Group(elem_classes=["hires-methods-group"]) as scalecrafter_group:
-                for f in self.fields:
-                    if f.group is ScaleCrafterParams:
-                        self.components[f.api_key] = _component(f, eid(f.api_key))
-            with gr.Group(elem_classes=["hires-methods-group"]):
-                for f in self.fields:
-                    if f.group is TiledVAEParams:
-                        self.components[f.api_key] = _component(f, eid(f.api_key))
-            self.summary = gr.HTML(elem_id=eid("summary"), elem_classes=["hires-methods-summary"])
-            gr.HTML(self._help_json(), elem_id=eid("help"), elem_classes=["hires-methods-help"])
+            self.components["method"] = _component(method_field, eid("method"), True,
+                                                   [str(method_field.label_of(key)) for key in offered])
+            for group in METHOD_GROUPS:
+                with gr.Accordion(f"{group.TITLE} settings", open=True, visible=group.KEY == method_field.default,
+                                  elem_id=eid(f"{group.KEY}_group"), elem_classes=["hires-methods-group"]) as box:
+                    self._fields_of(group)
+                self.boxes[group.KEY] = box
+            for group in FEATURE_GROUPS:
+                with gr.Accordion(group.TITLE, open=False, elem_id=eid(f"{group.KEY}_group"),
+                                  elem_classes=["hires-methods-group"]):
+                    for f in fields(group):
+                        self.components[f.api_key] = _component(f, eid(f.api_key), self.tab in f.spec.tabs)
+            self.summary = gr.HTML(self._html("The plan appears here once the page has loaded."),
+                                   elem_id=eid("summary"), elem_classes=["hires-methods-summary"])
+            self.stamp = gr.Textbox(STAMP, visible=False, elem_id=eid("stamp"))
+            self.refresh_button = gr.Button("Refresh the plan", elem_id=eid("refresh"),
+                                            elem_classes=["hires-methods-refresh"])
+            gr.HTML(self._help_json(), elem_classes=["hires-methods-help"])
         ordered = [self.components[f.api_key] for f in self.fields]
-        self._wire(ordered, scalecrafter_group)
+        self._wire(ordered)
         self.script.infotext_fields = [(self.components[f.api_key], self._paste(f)) for f in self.fields]
-        self.script.paste_field_names = [f.infotext_key for f in self.fields] + [f"{INFOTEXT_PREFIX}version"]
+        self.script.paste_field_names = [f.infotext_key for f in self.fields if f.api_key != "enabled"] + [VERSION_KEY]
         return ordered
 
     def _help_json(self) -> str:
-        """Hover help for every control (applied by javascript/hires_methods.js)."""
-        return html.escape(json.dumps({self.script.elem_id(f.api_key): f.spec.help for f in self.fields}))
+        """For javascript/hires_methods.js: the hover help of every control ({elem_id: help}), and the
+        elements whose edits the plan follows (ours and the tab's size/steps/hires controls)."""
+        return html.escape(json.dumps({
+            "tab": self.tab,
+            "help": {self.script.elem_id(f.api_key): f.spec.help for f in self.fields},
+            "follow": [self.script.elem_id("enabled").rsplit("_", 1)[0] + "_",
+                       *(f"{self.tab}_{key}" for key in CORE_IDS), f"{self.tab}_hr"],
+        }))
 
     def _paste(self, f: Field) -> Callable[[dict[str, str]], object]:
-        """The component value for an infotext: an infotext with our keys fully describes our settings
-        (a missing key is the default); without them only "enabled" is set (to off). None = untouched."""
+        """The component value for a pasted infotext: with our keys (version 2 or 1) it describes all our
+        settings (a missing key is the default); without them only "enabled" is set (to off). A value
+        that cannot be read leaves its control untouched (None)."""
         def value(params: dict[str, str]) -> object:
-            ours = f"{INFOTEXT_PREFIX}method" in params
+            data, problems = read_infotext(GROUPS, params)
+            ours = bool(data or problems)
             if f.api_key == "enabled":
-                return ours
+                return bool(data.get("enabled", False)) if ours else False
             if not ours:
                 return None
-            text = params.get(f.infotext_key)
-            try:
-                return f.label_of(f.default if text is None else f.from_text(text))
-            except ValueError:
-                return None
+            if f.api_key in data:
+                return f.label_of(data[f.api_key])
+            key = f.infotext_key if f.infotext_key in params else f.legacy_infotext_key
+            return None if key in problems else f.label_of(f.default)
         return value
 
-    def _wire(self, ordered: list[Any], scalecrafter_group: Any) -> None:
+    def _wire(self, ordered: list[Any]) -> None:
         method = self.components["method"]
-        scalecrafter = next(f for f in self.fields if f.api_key == "method").label_of("scalecrafter")
-        method.change(lambda m: gr.update(visible=m == scalecrafter), inputs=[method], outputs=[scalecrafter_group],
-                      show_progress=False)
-        preset_fields = [f for f in self.fields if f.spec.from_preset]
-        core = [self.core[k] for k in CORE_IDS if k in self.core]
+        keys = list(self.boxes)
+        method_field = next(f for f in self.fields if f.api_key == "method")
+        def show(label: str) -> Any:
+            updates = [gr.update(visible=method_field.choice_of(label) == key) for key in keys]
+            return updates[0] if len(updates) == 1 else updates  # gradio takes one output's value as it is
+
+        method.change(show, inputs=[method], outputs=[self.boxes[key] for key in keys], queue=False, **QUIET)
         core_ids = [k for k in CORE_IDS if k in self.core]
-        outputs = [self.summary, *(self.components[f.api_key] for f in preset_fields)]
+        inputs = [*ordered, *(self.core[k] for k in core_ids), self.stamp]
+        outputs = [self.summary, *self._preset_outputs(), *self._locked_outputs()]
 
         def refresh(*values: Any) -> list[Any]:
-            ours, theirs = values[:len(ordered)], dict(zip(core_ids, values[len(ordered):]))
-            return self.refresh(ours, theirs, preset_fields)
+            ours, theirs = values[:len(ordered)], dict(zip(core_ids, values[len(ordered):len(inputs) - 1]))
+            stamp = values[len(inputs) - 1]
+            answer = self.refresh(ours, theirs, stamp)
+            return answer if self.latest.current(stamp) else [gr.update() for _ in answer]
 
-        for component in [*ordered, *core]:
-            component.change(refresh, inputs=[*ordered, *core], outputs=outputs, show_progress=False)
+        events = {"fn": refresh, "inputs": inputs, "outputs": outputs, "queue": False, **QUIET}
+        for component in [*ordered, *(self.core[k] for k in core_ids)]:
+            component.change(**events, _js="hiresMethodsStamp")
+        self.refresh_button.click(**events, _js="hiresMethodsSettle")
 
-    def refresh(self, ours: Sequence[Any], core: dict[str, Any], preset_fields: list[Field]) -> list[Any]:
-        """The summary line and the preset-controlled fields for the current controls."""
-        keep = [gr.update() for _ in preset_fields]
-        try:
-            unet, native = host.unet_of(shared.sd_model), host.native_size(shared.sd_model)
-        except AttributeError:  # no model loaded yet (Forge loads it at the first job)
-            return ["<span>The plan shows here once a model is loaded.</span>", *keep]
+    def _preset_outputs(self) -> list[Any]:
+        return [self.components[f"{key}_preset"] for key in METHODS if f"{key}_preset" in self.components]
+
+    def _locked_fields(self) -> list[Field]:
+        return [f for f in self.fields if f.spec.from_preset]
+
+    def _locked_outputs(self) -> list[Any]:
+        return [self.components[f.api_key] for f in self._locked_fields()]
+
+    def refresh(self, ours: Sequence[Any], core: dict[str, Any], stamp: object = "") -> list[Any]:
+        """The summary, the preset menus for the model's family, and the preset-controlled fields. The
+        summary carries the model and the event it answers (`stamp`) for javascript/hires_methods.js."""
+        model = host.ui_model()
+        tag = {"identity": model.identity, "stamp": str(stamp)}
+        family = model.family
+        if model.unet is not None:
+            try:
+                family = detect_family(model.unet)
+            except UnsupportedModel:
+                family = None
+        presets = [self._preset_menu(key, family, ours) for key in METHODS if f"{key}_preset" in self.components]
+        unlock = [gr.update(interactive=True, label=f.spec.label) for f in self._locked_fields()]
+        if model.unet is None and model.family is None:
+            text = "The plan appears once a model is loaded" + (
+                " (Forge loads it at the first generation)." if IS_FORGE else ".")
+            return [self._html(text, **tag), *presets, *unlock]
         width, height = int(core.get("width", 512)), int(core.get("height", 512))
         steps = int(core.get("steps", 20))
         hires = None
-        if core.get("hr-checkbox"):
+        if self.tab == "txt2img" and core.get("hr-checkbox"):
             hx, hy = _hires_size(width, height, float(core.get("hr_scale", 2.0)),
                                  int(core.get("hr_resize_x", 0)), int(core.get("hr_resize_y", 0)))
             hires = PassSize("hires", hx, hy, int(core.get("hires_steps", 0)) or steps)
         try:
-            summary, resolved = preview(settings_from_args(list(ours)), unet, native,
-                                        PassSize("first", width, height, steps), hires)
-        except Exception as error:  # bad input or a model we cannot inspect: say so, never break the UI
-            return [f"<span class='hires-methods-error'>{html.escape(str(error))}</span>", *keep]
-        if resolved is None:
-            return [f"<span>{html.escape(summary)}</span>", *(gr.update(interactive=True) for _ in preset_fields)]
-        return [f"<span>{html.escape(summary)}</span>",
-                *(gr.update(value=f.label_of(getattr(resolved, f.name)), interactive=False)
-                  if f.group is type(resolved) else gr.update() for f in preset_fields)]
+            settings = settings_from_args(list(ours))
+        except ParamError as error:
+            labels = {f.api_key: f.spec.label for f in self.fields}
+            lines = [f"Check {labels.get(key, key)}: {text}" for key, text in error.problems.items()]
+            return [self._html("", errors=lines, **tag), *presets, *unlock]
+        shown = preview(settings, model.unet, model.native, PassSize("first", width, height, steps), hires,
+                        self.tab, model.family)
+        source = shown.locked and next(f for f in fields(type(shown.locked)) if f.name == "preset").label_of(
+            shown.locked.preset)  # type: ignore[attr-defined]
+        locked = [gr.update(value=f.label_of(getattr(shown.locked, f.name)), interactive=False,
+                            label=f"{f.spec.label} (from the {source} preset)")
+                  if shown.locked is not None and f.group is type(shown.locked) else update
+                  for f, update in zip(self._locked_fields(), unlock)]
+        return [self._describe(shown, model.unet is None, tag), *presets, *locked]
+
+    def _preset_menu(self, method: str, family: Any, ours: Sequence[Any]) -> Any:
+        """The preset choices that suit the model's family (all while it is unknown), keeping the current one."""
+        f = next(f for f in self.fields if f.api_key == f"{method}_preset")
+        current = ours[self.fields.index(f)]
+        labels = [str(f.label_of(key)) for key in METHODS[method].presets(family)]
+        return gr.update(choices=labels if current in labels else [*labels, current])
+
+    def _describe(self, shown: Preview, early: bool, tag: dict[str, str]) -> str:
+        """The summary for a person: what will run, or why nothing will."""
+        lines = list(shown.lines)
+        if not lines and not shown.warnings:
+            lines = ["Nothing to run: choose a method, or turn on a shared feature such as Tiled VAE."]
+        if early:
+            lines.insert(0, "Planned from the selected checkpoint; Forge loads it at the first generation.")
+        if not shown.enabled:
+            lines.insert(0, "Off: open this panel to use it. It would run:")
+        return self._html("", lines=lines, warnings=shown.warnings, **tag)
+
+    @staticmethod
+    def _html(text: str, *, lines: Sequence[str] = (), warnings: Sequence[str] = (), errors: Sequence[str] = (),
+              identity: str = "", stamp: str = "") -> str:
+        parts = [f"<div>{html.escape(text)}</div>"] if text else []
+        parts += [f"<div>{html.escape(line)}</div>" for line in lines]
+        parts += [f"<div class='hires-methods-warning'>Warning: {html.escape(w)}</div>" for w in warnings]
+        parts += [f"<div class='hires-methods-error'>{html.escape(e)}</div>" for e in errors]
+        data = f"data-model='{html.escape(identity, quote=True)}' data-stamp='{html.escape(stamp, quote=True)}'"
+        return f"<div {data}>{''.join(parts)}</div>"
 
 
 # --- X/Y/Z plot -------------------------------------------------------------------------------
@@ -282,14 +399,14 @@ def register_xyz_axes() -> None:
     """Add our axes to the X/Y/Z plot script (at import time, so the API sees them too)."""
     data = next((d for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py"), None)
     if data is None:
-        log("X/Y/Z plot script not found: no [Hires] axes")
+        log("X/Y/Z plot script not found: no [Hires Methods] axes")
         return
     xyz = data.module
     known = {option.label for option in xyz.axis_options}
     for axis in xyz_axes(GROUPS):
         if axis.label in known:
             continue
-        kind = axis.field.type if axis.field.type in (int, float) else str
+        kind = axis.field.type if axis.field.type in (int, float) and axis.field.spec.zero is None else str
 
         def apply(p: Any, value: Any, _values: Any, axis: Any = axis) -> None:
             setattr(p, XYZ_ATTR, {**getattr(p, XYZ_ATTR, {}), axis.field.api_key: axis.parse(str(value))})

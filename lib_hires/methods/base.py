@@ -19,7 +19,7 @@ from torch import nn
 from ..params import ParamGroup
 from ..patching import PatchScope
 from ..sampling.hooks import PassHooks
-from ..unet import UNetMap
+from ..unet import ModelFamily, UNetMap
 
 Warn = Callable[[str], None]
 TABS = ("txt2img", "img2img")
@@ -42,9 +42,12 @@ class PassSize:
 
 @dataclass(frozen=True)
 class JobContext:
-    """What a method plans against: the UNet's block map, the native size, the passes and the tab."""
+    """What a method plans against: the model family, the UNet's block map, the native size, the
+    passes and the tab. `unet_map` is None only for a preview before the model is loaded (Forge loads
+    it at the first generation): the method then resolves its values and lines but plans no pass."""
 
-    unet_map: UNetMap
+    family: ModelFamily
+    unet_map: UNetMap | None
     native: int
     first: PassSize
     hires: PassSize | None  # None: hires fix is off (always in img2img)
@@ -87,6 +90,10 @@ class Method(Protocol):
 
     params: type[ParamGroup]
     tabs: tuple[str, ...]
+
+    def presets(self, family: ModelFamily | None) -> tuple[str, ...]:
+        """The choices of the group's `preset` field that suit `family` (all of them for None), in menu
+        order; () for a method without presets."""
 
     def plan(self, params: ParamGroup, given: frozenset[str], job: JobContext) -> MethodPlan:
         """Plan the job. Settings that cannot apply to this model or size become warnings (and the

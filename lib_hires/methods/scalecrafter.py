@@ -30,7 +30,7 @@ from ..ops.dispersion import disperse_kernel, solve_dispersion
 from ..ops.redilation import dispersed_forward, progressive_factor, redilated_forward
 from ..params import ScaleCrafterParams, fields
 from ..patching import PatchScope
-from ..presets import ResolvedPreset, auto_preset, get_preset, resolve_preset
+from ..presets import PRESETS, ResolvedPreset, auto_preset, get_preset, resolve_preset
 from ..sampling.guidance import noise_damped_cfg
 from ..sampling.hooks import CallNext, ModelCall, PassHooks
 from ..sampling.steps import steps_for_fraction
@@ -121,7 +121,7 @@ def resolved_params(params: ScaleCrafterParams, resolution: Resolution) -> Scale
 def describe(resolution: Resolution, steps: int) -> str:
     """One line for the UI and the logs: source, factors per block, steps."""
     if resolution.empty:
-        return f"{resolution.source}: nothing to re-dilate"
+        return f"left as it is ({resolution.source})"
     blocks = ", ".join(f"{k} {int(v) if v.is_integer() else v}" for k, v in resolution.dilation.items())
     tau = steps_for_fraction(resolution.tau, steps)
     text = f"{resolution.source} | {blocks} | first {tau} of {steps} steps"
@@ -319,6 +319,9 @@ class ScaleCrafter:
     params = ScaleCrafterParams
     tabs = ("txt2img", "img2img")
 
+    def presets(self, family: ModelFamily | None) -> tuple[str, ...]:
+        return ("auto", *(p.key for p in PRESETS if family is None or p.family == family), "custom")
+
     def plan(self, params: ScaleCrafterParams, given: frozenset[str], job: JobContext) -> MethodPlan:
         names = passes_for(params.apply_to, job.hires is not None)
         warnings: list[str] = []
@@ -331,14 +334,14 @@ class ScaleCrafter:
             if size.name not in names:
                 continue
             try:
-                resolution = resolve(params, given, job.unet_map.family, job.native, size.width, size.height)
-                plan = bind(resolution, job.unet_map, size.latent)
+                resolution = resolve(params, given, job.family, job.native, size.width, size.height)
+                plan = None if job.unet_map is None else bind(resolution, job.unet_map, size.latent)
             except SettingError as exc:
                 warnings.append(f"ScaleCrafter not applied to the {size.name} pass: {exc}")
                 continue
             resolved.append((size, resolution))
             lines.append(f"{size.name} pass {size.width}x{size.height}: {describe(resolution, size.steps)}")
-            if not resolution.empty:
+            if plan is not None and not resolution.empty:
                 plans[size.name] = plan
         shown = [res for _, res in resolved if not res.empty] or [res for _, res in resolved]
         notes = {"setting": " / ".join(f"{name} pass: {plan.resolution.source}" for name, plan in plans.items())}

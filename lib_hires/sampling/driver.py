@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..hosts.base import Host
+from ..host import Host
 from .hooks import PassHooks
 
 

@@ -1,4 +1,4 @@
-"""The test host: `lib_hires.hosts.base.Host` implemented with real LDM modules at tiny sizes.
+"""The test host: `lib_hires.host.Host` implemented with real LDM modules at tiny sizes.
 
 It mirrors how the WebUIs sample: a k-diffusion sampler function drives a CFG denoiser, which
 batches the cond and uncond rows of every image into one model call (cond rows first, as A1111's

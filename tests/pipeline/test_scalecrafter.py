@@ -189,7 +189,7 @@ def test_auto_preset_on_sdxl_layout(sdxl: Models) -> None:
     plan = plan_job(settings(), sdxl.unet, 64, PassSize("first", 128, 128, 5), None)
     assert plan.passes["first"].convs == block_convs(sdxl, {"MB": 2, "UB0": 2})  # SDXL 2048² code-effective
     assert plan.passes["first"].resolution.tau == 30 / 50
-    assert plan.infotext["Hires ScaleCrafter dilation"] == "MB=2 UB0=2"
+    assert plan.infotext["ScaleCrafter dilation"] == "MB=2 UB0=2"
     with PatchScope() as scope:
         spy = DilationSpy(host, scope)
         run_job(host, settings())

@@ -118,7 +118,8 @@ def test_plan_runs_the_tiled_vae_alone_or_with_a_method(sd1: Models) -> None:
     alone_settings = validate_api_dict(GROUPS, {"enabled": True, "method": "none", "tiled_vae_enabled": True})
     alone = plan_job(alone_settings, sd1.unet, None, size, None)
     assert tiled_vae(alone_settings) is not None and not alone.runs
-    assert alone.infotext["Hires Tiled VAE enabled"] == "True" and "Hires method" in alone.infotext
+    assert alone.infotext["Tiled VAE"] == "True" and alone.infotext["Hires Methods"] == "None"
+    assert alone.infotext["Tiled VAE decoder tile"] == "auto" and alone.infotext["Tiled VAE fp32"] == "On NaN"
     assert alone.summary == "Tiled VAE (decoder auto, encoder auto, fp32 on NaN)"
     off_settings = validate_api_dict(GROUPS, {"enabled": True, "method": "none"})
     off = plan_job(off_settings, sd1.unet, None, size, None)
@@ -126,6 +127,6 @@ def test_plan_runs_the_tiled_vae_alone_or_with_a_method(sd1: Models) -> None:
     both_settings = validate_api_dict(GROUPS, {"enabled": True, "tiled_vae_enabled": True,
                                                "scalecrafter_preset": "custom"})
     both = plan_job(both_settings, sd1.unet, None, size, None)
-    assert tiled_vae(both_settings) is not None and both.runs and "Hires ScaleCrafter dilation" in both.infotext
+    assert tiled_vae(both_settings) is not None and both.runs and "ScaleCrafter dilation" in both.infotext
     switched_off = validate_api_dict(GROUPS, {"enabled": False, "tiled_vae_enabled": True})
     assert tiled_vae(switched_off) is None and plan_job(switched_off, sd1.unet, None, size, None).infotext == {}

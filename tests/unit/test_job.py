@@ -42,7 +42,7 @@ def test_hires_fix_dilates_the_hires_pass_for_its_own_size(sd1: Models) -> None:
     plan = plan_job(settings(), sd1.unet, None, FIRST, HIRES)
     assert list(plan.passes) == ["hires"]  # first pass at the native 512: Auto leaves it alone
     assert plan.passes["hires"].resolution.source == "Auto: SD1.5 1024x1024 (code)"
-    assert plan.infotext["Hires ScaleCrafter setting"] == "hires pass: Auto: SD1.5 1024x1024 (code)"
+    assert plan.infotext["ScaleCrafter setting"] == "hires pass: Auto: SD1.5 1024x1024 (code)"
     both = plan_job(settings(scalecrafter_apply_to="both"), sd1.unet, None, PassSize("first", 1024, 1024, 20),
                     PassSize("hires", 2048, 2048, 10))
     assert list(both.passes) == ["first", "hires"]
@@ -51,7 +51,7 @@ def test_hires_fix_dilates_the_hires_pass_for_its_own_size(sd1: Models) -> None:
 
 def test_problems_become_warnings_and_the_job_runs_unmodified(sd1: Models, sdxl: Models) -> None:
     unsupported = plan_job(settings(), nn.Linear(2, 2), None, FIRST, None)
-    assert not unsupported.runs and "unsupported model" in unsupported.infotext["Hires warning"]
+    assert not unsupported.runs and "unsupported model" in unsupported.infotext["Hires Methods warning"]
     other_family = plan_job(settings(scalecrafter_preset="sdxl_2048x2048_code"), sd1.unet, None, FIRST, HIRES)
     assert not other_family.runs
     assert "scalecrafter_preset: SDXL 2048x2048 (code-effective) is for SDXL models; this model is SD1.x" \
@@ -60,7 +60,7 @@ def test_problems_become_warnings_and_the_job_runs_unmodified(sd1: Models, sdxl:
                       FIRST, HIRES)
     assert not no_db3.runs and "scalecrafter_dilation" in no_db3.warnings[0] and "no block 'DB3'" in no_db3.warnings[0]
     hires_off = plan_job(settings(scalecrafter_apply_to="hires"), sd1.unet, None, FIRST, None)
-    assert not hires_off.runs and "hires fix is off" in hires_off.infotext["Hires warning"]
+    assert not hires_off.runs and "hires fix is off" in hires_off.infotext["Hires Methods warning"]
 
 
 def test_explicit_keys_override_the_preset(sd1: Models) -> None:
@@ -75,9 +75,9 @@ def test_explicit_keys_override_the_preset(sd1: Models) -> None:
 def test_infotext_reproduces_the_plan_and_never_collides(sd1: Models) -> None:
     user = settings(scalecrafter_ndcfg=True)
     plan = plan_job(user, sd1.unet, None, PassSize("first", 1536, 1536, 20), None)
-    assert plan.infotext["Hires ScaleCrafter dilation"] == "DB1=3 DB2=3 DB3=3 MB=3 UB0=3 UB1=3 UB2=3"
-    assert plan.infotext["Hires ScaleCrafter tau"] == "0.7"
-    assert plan.infotext["Hires ScaleCrafter preset"] == "auto"
+    assert plan.infotext["ScaleCrafter dilation"] == "DB1=3 DB2=3 DB3=3 MB=3 UB0=3 UB1=3 UB2=3"
+    assert plan.infotext["ScaleCrafter dilated steps"] == "0.7"
+    assert plan.infotext["ScaleCrafter preset"] == "Auto"
     assert not set(plan.infotext) & WEBUI_HIRES_KEYS
     assert not {f.infotext_key for f in all_fields(GROUPS)} & WEBUI_HIRES_KEYS
     # pasting fills the UI controls, which come back as positional args: the preset decides again
@@ -89,13 +89,19 @@ def test_infotext_reproduces_the_plan_and_never_collides(sd1: Models) -> None:
 
 
 def test_preview(sd1: Models) -> None:
-    summary, resolved = preview(settings(enabled=False), sd1.unet, None, PassSize("first", 1024, 1024, 20), None)
-    assert summary.startswith("(off) first pass 1024x1024: Auto: SD1.5 1024x1024 (code)")
-    assert "first 12 of 20 steps" in summary
-    assert resolved is not None and resolved.dilation == "DB1=2 DB2=2 DB3=2 MB=2 UB0=2 UB1=2 UB2=2"
-    _, custom = preview(settings(scalecrafter_preset="custom"), sd1.unet, None, PassSize("first", 1024, 1024, 20), None)
-    assert custom is None
-    assert map_unet(sd1.unet).family.value == "sd1"
+    shown = preview(settings(enabled=False), sd1.unet, None, PassSize("first", 1024, 1024, 20), None)
+    assert not shown.enabled and shown.warnings == ()
+    assert shown.lines == ("ScaleCrafter, first pass 1024x1024: Auto: SD1.5 1024x1024 (code) | DB1 2, DB2 2, DB3 2, "
+                           "MB 2, UB0 2, UB1 2, UB2 2 | first 12 of 20 steps",)
+    assert shown.locked is not None and shown.locked.dilation == "DB1=2 DB2=2 DB3=2 MB=2 UB0=2 UB1=2 UB2=2"
+    native = preview(settings(), sd1.unet, None, FIRST, None)  # at the native size Auto dilates nothing
+    assert native.locked is not None and native.locked.dilation == "" and native.locked.tau == 0
+    assert preview(settings(scalecrafter_preset="custom"), sd1.unet, None, FIRST, None).locked is None
+    # before the model is loaded (Forge): the family alone gives the lines, no pass is planned
+    early = preview(settings(), None, None, PassSize("first", 1024, 1024, 20), None, family=map_unet(sd1.unet).family)
+    assert early.lines == shown.lines and early.warnings == ()
+    assert preview(settings(), None, None, FIRST, None).warnings[0].startswith("unsupported model")
+
 
 
 def test_padding_never_reaches_beyond_the_feature_map(sd1: Models, sdxl: Models) -> None:
@@ -127,10 +133,10 @@ def test_given_values_the_plan_does_not_use_are_named(sd1: Models) -> None:
     auto_small = plan_job(settings(scalecrafter_dilation="DB1=2"), sd1.unet, None, FIRST, None)
     assert not auto_small.runs
     assert auto_small.warnings == (
-        "not used: scalecrafter_dilation (nothing is re-dilated: first pass 512x512: Auto: target is at or below "
-        "the model's native size (512 px): no re-dilation (set: dilation); give scalecrafter_tau as well, or use "
-        "preset Custom)",)
-    assert auto_small.infotext["Hires warning"] == auto_small.warnings[0]
+        "not used: scalecrafter_dilation (nothing is re-dilated: first pass 512x512: Auto: at or below the model's "
+        "native size (512 px), nothing to re-dilate (set: dilation); give scalecrafter_tau as well, or use preset "
+        "Custom)",)
+    assert auto_small.infotext["Hires Methods warning"] == auto_small.warnings[0]
     both = plan_job(settings(scalecrafter_dilation="DB1=2", scalecrafter_tau=0.5), sd1.unet, None, FIRST, None)
     assert both.runs and not both.warnings  # given together they override the empty Auto setting
     nd_off = plan_job(settings(scalecrafter_ndcfg=False, scalecrafter_ndcfg_dilation="MB=2"), sd1.unet, None,

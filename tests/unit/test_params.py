@@ -5,20 +5,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from lib_hires.params import GROUPS as REAL_GROUPS
 from lib_hires.params import (
-    ParamError,
-    ParamGroup,
-    Syntax,
-    all_fields,
-    fields,
-    format_infotext,
-    from_infotext,
-    param,
-    parse_infotext,
-    to_api_dict,
-    to_infotext,
-    validate_api_dict,
-    xyz_axes,
+    WEBUI_HIRES_KEYS, ParamError, ParamGroup, Syntax, all_fields, fields, format_infotext, from_infotext, is_ours,
+    param, parse_infotext, read_infotext, to_api_dict, to_infotext, validate_api_dict, xyz_axes,
 )
 
 
@@ -71,10 +61,17 @@ def test_defaults_and_api_round_trip() -> None:
 
 
 def test_keys_labels() -> None:
-    tau = fields(Demo)[0]
-    assert (tau.api_key, tau.infotext_key, tau.xyz_label) == ("demo_tau", "Hires Demo tau", "[Hires] Demo Tau")
-    enabled = fields(Shared)[0]
-    assert (enabled.api_key, enabled.infotext_key, enabled.xyz_label) == ("enabled", "Hires enabled", "[Hires] Enabled")
+    tau, mode = fields(Demo)[0], fields(Demo)[2]
+    assert (tau.api_key, tau.infotext_key, tau.xyz_label) == ("demo_tau", "Demo tau", "[Hires Methods] Demo tau")
+    assert (mode.infotext_key, mode.legacy_infotext_key) == ("Demo mode", "Hires Demo mode")
+    enabled, method = fields(Shared)
+    assert (enabled.api_key, enabled.infotext_key, enabled.xyz_label) == (
+        "enabled", "Hires Methods enabled", "[Hires Methods] Enabled")
+    assert (method.infotext_key, method.legacy_infotext_key) == ("Hires Methods method", "Hires method")
+    # the real declarations: a group's switch is its title, the method the extension's name; acronyms kept
+    keys = {f.api_key: f.infotext_key for f in all_fields(REAL_GROUPS)}
+    assert (keys["method"], keys["tiled_vae_enabled"], keys["scalecrafter_ndcfg_tau"]) == (
+        "Hires Methods", "Tiled VAE", "ScaleCrafter ND-CFG steps")
 
 
 @pytest.mark.parametrize("data, key, message", [
@@ -112,10 +109,11 @@ def test_every_problem_is_reported_at_once() -> None:
 
 def test_infotext_round_trip_is_exact() -> None:
     values = validate_api_dict(GROUPS, {"enabled": True, "method": "demo", "demo_tau": 0.1 + 0.2,
-                                        "demo_blocks": "DB1=2.5 UB0=3"})
+                                        "demo_blocks": "DB1=2.5 UB0=3", "demo_tile": 0})
     entries = to_infotext(values.values.values())
-    assert entries["Hires version"] == "1"
-    assert entries["Hires Demo tau"] == repr(0.1 + 0.2)
+    assert entries["Hires Methods version"] == "2" and "Hires Methods enabled" not in entries  # implied
+    assert entries["Demo tau"] == repr(0.1 + 0.2) and entries["Demo tile"] == "auto"
+    assert entries["Hires Methods method"] == "Demo"  # choices are written as the UI labels them
     assert all("," not in v and ":" not in v for v in entries.values())
     line = "Steps: 20, Sampler: Euler a, " + format_infotext(entries) + ", Hires upscale: 2"
     parsed = parse_infotext(line)
@@ -126,26 +124,50 @@ def test_infotext_round_trip_is_exact() -> None:
 
 
 def test_empty_text_survives_the_webui_format() -> None:
-    values = validate_api_dict(GROUPS, {"demo_blocks": ""})
+    values = validate_api_dict(GROUPS, {"enabled": True, "demo_blocks": ""})
     entries = to_infotext(values.values.values())
-    assert entries["Hires Demo blocks"] == '""'
+    assert entries["Demo blocks"] == '""'
     line = format_infotext(entries)
-    assert 'Hires Demo blocks: ""' in line
+    assert 'Demo blocks: ""' in line
     parsed = parse_infotext(line)
-    assert parsed["Hires Demo blocks"] == ""
+    assert parsed["Demo blocks"] == ""
     assert validate_api_dict(GROUPS, from_infotext(GROUPS, parsed)).values == values.values
-    assert from_infotext(GROUPS, {"Hires Demo blocks": '""'}) == {"demo_blocks": ""}  # still quoted
+    assert from_infotext(GROUPS, {"Demo blocks": '""'}) == {"demo_blocks": "", "enabled": True}  # still quoted
 
 
 def test_infotext_partial_quoted_and_bad_values() -> None:
-    assert from_infotext(GROUPS, {"Hires Demo steps": "12"}) == {"demo_steps": 12}
-    assert parse_infotext(format_infotext({"Hires Demo blocks": "a, b: c"})) == {"Hires Demo blocks": "a, b: c"}
-    with pytest.raises(ParamError, match="Hires Demo tau.*allowed: a number from 0 to 1"):
-        from_infotext(GROUPS, {"Hires Demo tau": "high"})
-    with pytest.raises(ParamError, match="this extension reads version 1"):
-        from_infotext(GROUPS, {"Hires version": "9"})
-    with pytest.raises(ParamError, match="True or False"):
-        from_infotext(GROUPS, {"Hires enabled": "yes"})
+    assert from_infotext(GROUPS, {"Demo steps": "12"}) == {"demo_steps": 12, "enabled": True}
+    assert from_infotext(GROUPS, {"Steps": "12", "Hires steps": "4"}) == {}  # nothing of ours: not enabled
+    assert parse_infotext(format_infotext({"Demo blocks": "a, b: c"})) == {"Demo blocks": "a, b: c"}
+    assert parse_infotext('Demo blocks: "\\x", Steps: 3') == {"Demo blocks": '"\\x"', "Steps": "3"}  # bad JSON kept
+    with pytest.raises(ParamError, match="Demo tau.*allowed: a number from 0 to 1"):
+        from_infotext(GROUPS, {"Demo tau": "high"})
+    with pytest.raises(ParamError, match="Hires Methods version: got '9'; allowed: 2"):
+        from_infotext(GROUPS, {"Hires Methods version": "9"})
+    with pytest.raises(ParamError, match="Demo tile: got 'none'"):
+        from_infotext(GROUPS, {"Demo tile": "none"})
+    assert read_infotext(GROUPS, {"Demo tau": "high", "Demo steps": "3"}) == (
+        {"demo_steps": 3, "enabled": True}, {"Demo tau": "got 'high'; allowed: a number from 0 to 1"})
+
+
+def test_version_1_infotext_still_reads() -> None:
+    """Keys written before version 2: `Hires <title> <field name>`, choices by key, `Hires enabled`."""
+    v1 = {"Hires version": "1", "Hires enabled": "True", "Hires method": "demo", "Hires Demo tau": "0.25",
+          "Hires Demo mode": "exact", "Hires Demo tile": "0", "Hires steps": "10", "Hires upscale": "2"}
+    assert from_infotext(GROUPS, v1) == {"enabled": True, "method": "demo", "demo_tau": 0.25, "demo_mode": "exact",
+                                         "demo_tile": 0}
+    assert from_infotext(GROUPS, {**v1, "Hires enabled": "False"})["enabled"] is False
+    assert from_infotext(GROUPS, {**v1, "Demo tau": "0.5"})["demo_tau"] == 0.5  # a version-2 key wins
+    with pytest.raises(ParamError, match="Hires version: got '3'; allowed: 1"):
+        from_infotext(GROUPS, {**v1, "Hires version": "3"})
+
+
+def test_which_keys_are_ours() -> None:
+    ours = ["Hires Methods", "Hires Methods version", "Hires Methods warning", "ScaleCrafter dilated steps",
+            "ScaleCrafter setting", "Tiled VAE", "Tiled VAE fp32", "Hires ScaleCrafter tau", "Hires version",
+            "Hires method", "Hires warning"]
+    theirs = ["Hires upscale", "Hires steps", "Steps", "Tiled Diffusion", "Tiled VAE stuff", "ControlNet 0"]
+    assert [key for key in ours + theirs if is_ours(key, REAL_GROUPS)] == ours
 
 
 def test_choice_labels_both_ways() -> None:
@@ -156,18 +178,32 @@ def test_choice_labels_both_ways() -> None:
 
 
 def test_xyz_axes() -> None:
-    axes = {axis.label: axis for axis in xyz_axes(GROUPS)}
-    assert list(axes) == ["[Hires] Enabled", "[Hires] Method", "[Hires] Demo Tau", "[Hires] Demo Steps",
-                          "[Hires] Demo Mode", "[Hires] Demo Progressive", "[Hires] Demo Tile"]  # not blocks: xyz=False
-    assert axes["[Hires] Method"].choices == ("None", "Demo")
-    assert axes["[Hires] Method"].parse("Demo") == "demo"
-    assert axes["[Hires] Method"].parse("none") == "none"
-    assert axes["[Hires] Enabled"].choices == ("True", "False")
-    assert axes["[Hires] Enabled"].parse("false") is False
-    assert axes["[Hires] Demo Tau"].parse(" 0.25 ") == 0.25
-    assert axes["[Hires] Demo Mode"].choices == ("fast", "exact")
+    axes = {axis.label.removeprefix("[Hires Methods] "): axis for axis in xyz_axes(GROUPS)}
+    assert list(axes) == ["Enabled", "Method", "Demo tau", "Demo steps", "Demo mode", "Demo progressive",
+                          "Demo tile"]  # not blocks: xyz=False
+    assert axes["Method"].choices == ("None", "Demo")
+    assert axes["Method"].parse("Demo") == "demo"
+    assert axes["Method"].parse("none") == "none"
+    assert axes["Enabled"].choices == ("True", "False")
+    assert axes["Enabled"].parse("false") is False
+    assert axes["Demo tau"].parse(" 0.25 ") == 0.25
+    assert axes["Demo tile"].parse("auto") == 0 and axes["Demo tile"].parse("32") == 32
+    assert axes["Demo mode"].choices == ("fast", "exact")
     with pytest.raises(ValueError, match="allowed: an integer from 1 to 150"):
-        axes["[Hires] Demo Steps"].parse("500")
+        axes["Demo steps"].parse("500")
+
+
+def test_real_keys_and_labels_are_unique_and_unmistakable() -> None:
+    """No key a reader could take for hires fix's, none the WebUI cannot parse back, none twice."""
+    import re
+
+    fields_ = all_fields(REAL_GROUPS)
+    keys = [f.infotext_key for f in fields_]
+    assert len(set(keys)) == len(keys) and not set(keys) & WEBUI_HIRES_KEYS
+    assert all(not key.startswith("Hires ") or key.startswith("Hires Methods") for key in keys)
+    assert all(re.fullmatch(r"\w[\w \-/]+", key) for key in keys)
+    labels = [axis.label for axis in xyz_axes(REAL_GROUPS)]
+    assert len(set(labels)) == len(labels) and all(label.startswith("[Hires Methods] ") for label in labels)
 
 
 def test_parameter_reference_is_up_to_date() -> None:

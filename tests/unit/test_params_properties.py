@@ -17,20 +17,8 @@ from hypothesis import strategies as st
 
 from lib_hires.api import request_problem, settings_from_args
 from lib_hires.params import (
-    BLOCK_FACTORS,
-    BLOCK_LIST,
-    GROUPS,
-    MAX_DILATION,
-    Field,
-    ParamError,
-    Settings,
-    all_fields,
-    format_infotext,
-    from_infotext,
-    parse_infotext,
-    to_api_dict,
-    to_infotext,
-    validate_api_dict,
+    BLOCK_FACTORS, BLOCK_LIST, GROUPS, INFOTEXT_VERSION, MAX_DILATION, VERSION_KEY, Field, ParamError, Settings,
+    all_fields, format_infotext, from_infotext, parse_infotext, to_api_dict, to_infotext, validate_api_dict,
 )
 from lib_hires.unet import ALL_BLOCKS, SAMPLER_BLOCKS
 
@@ -137,7 +125,7 @@ def assert_round_trips(values: Settings) -> None:
     event("accepted")
     line = "Steps: 20, Sampler: Euler a, " + format_infotext(to_infotext(values.values.values())) + ", Hires steps: 4"
     back = validate_api_dict(GROUPS, from_infotext(GROUPS, parse_infotext(line)))
-    assert back.values == values.values
+    assert back.values == values.with_overrides({"enabled": True}).values  # an infotext means "it ran"
     assert validate_api_dict(GROUPS, to_api_dict(values.values.values())).values == values.values
 
 
@@ -225,7 +213,10 @@ def infotext_lines(draw: st.DrawFn) -> tuple[str, set[str]]:
     for f in draw(st.lists(st.sampled_from(FIELDS), max_size=len(FIELDS), unique_by=lambda f: f.api_key)):
         entries[f.infotext_key] = f.to_text(draw(valid_values(f))) if draw(st.integers(0, 9)) else draw(TEXT)
     if draw(st.integers(0, 5)) == 0:
-        entries["Hires version"] = draw(st.one_of(st.just("1"), TEXT))
+        entries[VERSION_KEY] = draw(st.one_of(st.just(str(INFOTEXT_VERSION)), TEXT))
+    if draw(st.integers(0, 5)) == 0:  # keys of version 1 images too
+        f = draw(st.sampled_from(FIELDS))
+        entries[f.legacy_infotext_key] = draw(st.one_of(valid_values(f).map(str), TEXT))
     ours = format_infotext(entries)
     theirs = "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Hires upscale: 2"
     return (f"{theirs}, {ours}" if ours else theirs), set(entries)

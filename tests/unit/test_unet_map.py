@@ -7,17 +7,8 @@ import pytest
 from torch import nn
 
 from lib_hires.unet import (
-    ALL_BLOCKS,
-    ModelFamily,
-    UnsupportedModel,
-    detect_family,
-    family_blocks,
-    family_sampler_blocks,
-    format_block_values,
-    level_size,
-    map_unet,
-    parse_block_list,
-    parse_block_values,
+    ALL_BLOCKS, ModelFamily, UnsupportedModel, detect_family, family_blocks, family_from_keys, family_sampler_blocks,
+    format_block_values, level_size, map_unet, parse_block_list, parse_block_values,
 )
 from tests.host.models import LAYOUTS, build_unet
 
@@ -178,3 +169,13 @@ def test_block_lists() -> None:
                           ("DB2.sampler DB2", "would replace it")):
         with pytest.raises(ValueError, match=message):
             parse_block_list(text)
+
+
+def test_family_from_checkpoint_keys() -> None:
+    unet = ["model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.decoder.conv_in.weight"]
+    sd1 = unet + ["cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"]
+    sd2 = unet + ["cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"]
+    sdxl = unet + ["model.diffusion_model.label_emb.0.0.weight", "conditioner.embedders.1.model.ln_final.weight"]
+    assert [family_from_keys(keys) for keys in (sd1, sd2, sdxl)] == [ModelFamily.SD1, ModelFamily.SD2, ModelFamily.SDXL]
+    assert family_from_keys(["double_blocks.0.img_attn.qkv.weight"]) is None  # e.g. Flux
+    assert family_from_keys(unet) is None  # no text encoder to tell SD1 from SD2

@@ -1,9 +1,9 @@
 """The extension through a real WebUI's API: dict and positional args, 422, infotext, X/Y/Z, hires, batch."""
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from lib_hires.params import GROUPS, is_ours, parse_infotext
 from tests.webui.conftest import WebUI
 
 # a setting that runs at 128 px (Auto leaves a 128 px SD1.5 job alone: it is below the native size; the
@@ -16,9 +16,9 @@ def hires(*args: Any) -> dict[str, Any]:
 
 
 def ours(infotext: str) -> dict[str, str]:
-    """Our infotext entries (not the WebUI's own "Hires upscale" etc.)."""
-    keys = r"version|enabled|method|warning|ScaleCrafter [a-z ]+|Tiled VAE [a-z0-9 ]+"
-    return dict(re.findall(rf"(Hires (?:{keys})): ([^,]*)", infotext))
+    """Our infotext entries (not the WebUI's own "Hires upscale" etc.), unquoted."""
+    entries = parse_infotext(infotext.splitlines()[-1])
+    return {key: value for key, value in entries.items() if is_ours(key, GROUPS)}
 
 
 def test_script_info_has_readable_labels(webui: WebUI) -> None:
@@ -38,8 +38,8 @@ def test_disabled_is_untouched_and_dict_args_apply(webui: WebUI) -> None:
     assert ours(off.infotexts[0]) == {}
     assert on.image_hashes != plain.image_hashes
     keys = ours(on.infotexts[0])
-    assert keys["Hires method"] == "scalecrafter" and keys["Hires ScaleCrafter dilation"] == "DB1=2 DB2=3 UB1=2"
-    assert keys["Hires version"] == "1"
+    assert keys["Hires Methods"] == "ScaleCrafter" and keys["ScaleCrafter dilation"] == "DB1=2 DB2=3 UB1=2"
+    assert keys["Hires Methods version"] == "2" and "Hires enabled" not in keys
 
 
 def test_positional_args_like_the_ui(webui: WebUI) -> None:
@@ -81,8 +81,8 @@ def test_hires_pass_only_by_default(webui: WebUI) -> None:
     first_only = webui.txt2img(**job, **hires({**CUSTOM, "scalecrafter_apply_to": "first"}))
     assert plain.status == on.status == first_only.status == 200
     assert on.image_hashes != plain.image_hashes and first_only.image_hashes != plain.image_hashes
-    assert ours(on.infotexts[0])["Hires ScaleCrafter setting"].startswith('"hires pass')
-    assert ours(first_only.infotexts[0])["Hires ScaleCrafter setting"].startswith('"first pass')
+    assert ours(on.infotexts[0])["ScaleCrafter setting"].startswith("hires pass")
+    assert ours(first_only.infotexts[0])["ScaleCrafter setting"].startswith("first pass")
 
 
 def test_batch_of_two(webui: WebUI) -> None:
@@ -92,7 +92,7 @@ def test_batch_of_two(webui: WebUI) -> None:
     assert on.status == 200 and len(on.image_hashes) == 2
     assert on.image_hashes[0] != on.image_hashes[1]
     assert set(on.image_hashes).isdisjoint(plain.image_hashes)
-    assert all(ours(text)["Hires ScaleCrafter ndcfg dilation"] == "MB=2" for text in on.infotexts)
+    assert all(ours(text)["ScaleCrafter ND-CFG dilation"] == "MB=2" for text in on.infotexts)
 
 
 def xyz_args(webui: WebUI, axis_label: str, values: list[str], choices: bool = False) -> dict[str, Any]:
@@ -105,18 +105,20 @@ def xyz_args(webui: WebUI, axis_label: str, values: list[str], choices: bool = F
 
 
 def test_xyz_over_a_scalecrafter_parameter(webui: WebUI) -> None:
-    grid = webui.txt2img(**xyz_args(webui, "[Hires] ScaleCrafter Dilated steps", ["0.5", "1.0"]), **hires(CUSTOM))
+    grid = webui.txt2img(**xyz_args(webui, "[Hires Methods] ScaleCrafter dilated steps", ["0.5", "1.0"]),
+                         **hires(CUSTOM))
     assert grid.status == 200
     cells = grid.infotexts[1:]  # the grid image comes first
-    assert [ours(text)["Hires ScaleCrafter tau"] for text in cells] == ["0.5", "1.0"]
+    assert [ours(text)["ScaleCrafter dilated steps"] for text in cells] == ["0.5", "1.0"]
     assert len(set(grid.image_hashes[1:])) == 2
 
 
 def test_xyz_cell_that_disables_keeps_no_keys(webui: WebUI) -> None:
-    grid = webui.txt2img(**xyz_args(webui, "[Hires] Enabled", ["True", "False"], choices=True), **hires(CUSTOM))
+    grid = webui.txt2img(**xyz_args(webui, "[Hires Methods] Enabled", ["True", "False"], choices=True),
+                         **hires(CUSTOM))
     assert grid.status == 200
     enabled, disabled = grid.infotexts[1:]
-    assert ours(enabled)["Hires method"] == "scalecrafter"
+    assert ours(enabled)["Hires Methods"] == "ScaleCrafter"
     assert ours(disabled) == {}
     assert grid.image_hashes[2] == webui.txt2img().image_hashes[0]
 
@@ -160,8 +162,8 @@ def test_tiled_vae_gives_the_untiled_image(webui: WebUI) -> None:
         difference = abs(pixels(plain.body["images"][0]) - pixels(tiled.body["images"][0]))
         assert difference.max() <= 1, f"{upscaler}: max 8-bit difference {difference.max()}"
         keys = ours(tiled.infotexts[0])
-        assert keys["Hires method"] == "none" and "Hires ScaleCrafter dilation" not in keys
-        assert "Hires Tiled VAE decoder tile: 16" in tiled.infotexts[0]
+        assert keys["Hires Methods"] == "None" and "ScaleCrafter dilation" not in keys
+        assert keys["Tiled VAE"] == "True" and keys["Tiled VAE decoder tile"] == "16"
 
 
 def test_tiled_vae_in_img2img(webui: WebUI) -> None:
@@ -174,4 +176,27 @@ def test_tiled_vae_in_img2img(webui: WebUI) -> None:
     tiled = webui.post("/sdapi/v1/img2img", {**job, **hires(TILED)})
     assert plain.status == tiled.status == 200
     assert abs(pixels(plain.body["images"][0]) - pixels(tiled.body["images"][0])).max() <= 1
-    assert "Hires Tiled VAE enabled: True" in tiled.infotexts[0]
+    assert ours(tiled.infotexts[0])["Tiled VAE"] == "True"
+
+
+# An infotext written before version 2 (the ScaleCrafter trial of the stop that shipped issue 3), with the
+# size cut down to a quick job: its settings are read back, and written as version 2.
+V1 = ("a lighthouse on a cliff, stormy sea\nNegative prompt: blurry\nSteps: 2, Sampler: Euler, Schedule type: "
+      "Automatic, CFG scale: 7, Seed: 7, Size: 128x128, Hires version: 1, Hires enabled: True, Hires method: "
+      "scalecrafter, Hires ScaleCrafter preset: custom, Hires ScaleCrafter apply to: auto, Hires ScaleCrafter "
+      "dilation: DB1=2 DB2=3 UB1=2, Hires ScaleCrafter tau: 0.6, Hires ScaleCrafter progressive: False, Hires "
+      "ScaleCrafter ndcfg: True, Hires ScaleCrafter ndcfg dilation: \"\", Hires ScaleCrafter ndcfg tau: 0.0, Hires "
+      "ScaleCrafter disperse: False, Hires ScaleCrafter disperse blocks: \"\", Hires ScaleCrafter setting: "
+      "\"first pass: Custom\"")
+
+
+def test_version_1_infotext_pasted_back_gives_the_same_settings(webui: WebUI) -> None:
+    # the request's own prompt and seed (the test defaults) take precedence over the infotext's
+    pasted = webui.txt2img(infotext=V1, styles=[])
+    same = webui.txt2img(**hires({"scalecrafter_preset": "custom", "scalecrafter_dilation": "DB1=2 DB2=3 UB1=2",
+                                  "scalecrafter_tau": 0.6}))
+    assert pasted.status == same.status == 200
+    keys = ours(pasted.infotexts[0])
+    assert keys == ours(same.infotexts[0])
+    assert (keys["ScaleCrafter preset"], keys["ScaleCrafter dilated steps"]) == ("Custom", "0.6")
+    assert pasted.image_hashes == same.image_hashes

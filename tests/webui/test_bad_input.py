@@ -63,12 +63,12 @@ def test_refused_before_the_job(webui: WebUI, plain_before: Result, name: str, e
 
 
 def warning(result: Result) -> str:
-    return parse_infotext(result.infotexts[0].splitlines()[-1]).get("Hires warning", "")
+    return parse_infotext(result.infotexts[0].splitlines()[-1]).get("Hires Methods warning", "")
 
 
 @pytest.mark.parametrize("name, args, text", [
     ("explicit dilation, Auto at 128 px", {"scalecrafter_dilation": "DB1=2"},
-     "not used: scalecrafter_dilation (nothing is re-dilated: first pass 128x128: Auto"),
+     "not used: scalecrafter_dilation (nothing is re-dilated: first pass 128x128: Auto: at or below"),
     ("padding beyond the 2 px maps", {**CUSTOM, "scalecrafter_dilation": "MB=3"},
      "MB=3 would pad a conv's 2-pixel feature map by 3 pixels per side, beyond the map"),
     ("values of a method not chosen", {"method": "none", "scalecrafter_tau": 0.3, "tiled_vae_enabled": True},

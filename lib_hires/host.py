@@ -1,7 +1,8 @@
 """The host protocol: everything a method may ask of the WebUI (DESIGN.md rule 2).
 
-A `Host` stands for one generation job in one WebUI (or the test host). Methods use it instead of
-importing the WebUI, so the same method code runs in A1111, Forge and the tests.
+A `Host` stands for one generation job in one WebUI (or the test host). Methods and the stage driver
+use it instead of importing the WebUI, so the same code runs in A1111, Forge and the tests. It lives
+below `sampling/` and `methods/`, which depend on it; the adapters in `hosts/` implement it.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..sampling.hooks import PassHooks
-from ..unet import ModelFamily
+from .sampling.hooks import PassHooks
+from .unet import ModelFamily
 
 
 class Host(Protocol):

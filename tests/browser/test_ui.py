@@ -1,0 +1,138 @@
+"""The accordion as a person meets it in the browser: the plan line, locked fields, methods and tabs,
+one generation with its infotext pasted back, and the X/Y/Z axis list (see conftest.py to run)."""
+from __future__ import annotations
+
+import random
+
+from lib_hires.methods.scalecrafter import resolve
+from lib_hires.params import GROUPS, ScaleCrafterParams, all_fields, fields, xyz_axes
+from lib_hires.unet import ModelFamily, format_block_values
+from tests.browser.conftest import Page
+
+HELP = {f.api_key: f.spec.help for f in all_fields(GROUPS)}
+LOCKED = [f.api_key for f in fields(ScaleCrafterParams) if f.spec.from_preset]
+
+
+def auto_dilation(width: int, height: int) -> str:
+    """What the Auto preset gives an SD1.5 model (native 512 px) at this size."""
+    return format_block_values(resolve(ScaleCrafterParams(), frozenset(), ModelFamily.SD1, 512, width, height).dilation)
+
+
+def test_summary_is_filled_at_page_load(page: Page) -> None:
+    """Without a click: at page load, and again when the model finishes loading (the page asks again while
+    the plan is for another checkpoint than the one selected)."""
+    text = page.wait(lambda: "ScaleCrafter" in page.summary("txt2img") and page.summary("txt2img"), timeout=60,
+                     what="a summary without any click")
+    assert "first pass 512x512" in text, text
+
+
+def test_summary_follows_fast_typing(page: Page) -> None:
+    """Ten times: type a width and a height key by key (every key an event), then the summary and the
+    locked fields must show the plan of the final values within 2.5 s."""
+    page.open_accordion("txt2img")
+    page.screenshot("accordion", page.ours("txt2img", "enabled"))
+    sizes = [(1024, 1024), (768, 1280), (1536, 1024), (640, 640), (2048, 1024), (1280, 1280), (1024, 2048),
+             (896, 1152), (1600, 1600), (1152, 896)]
+    random.Random(0).shuffle(sizes)
+    for width, height in sizes:
+        page.type_number("#txt2img_width", width)
+        page.type_number("#txt2img_height", height)
+        expected = auto_dilation(width, height)
+        dilation = page.ours("txt2img", "scalecrafter_dilation")
+        page.wait(lambda: f"first pass {width}x{height}" in page.summary("txt2img")
+                  and page.value(dilation) == expected, timeout=2.5,
+                  what=f"the plan of {width}x{height} (dilation {expected})")
+    page.screenshot("summary", page.ours("txt2img", "enabled"))
+
+
+def test_locked_fields_say_so_and_keep_their_help(page: Page) -> None:
+    page.open_accordion("txt2img")
+    page.type_number("#txt2img_width", 1024)
+    page.wait(lambda: "first pass 1024x" in page.summary("txt2img"), what="the 1024 px plan")
+    for key in LOCKED:
+        element = page.ours("txt2img", key)
+        page.wait(lambda: page.label(element).endswith("(from the Auto preset)"), what=f"{key} to show it is locked")
+        assert element.get_attribute("title") == HELP[key]
+        assert not element.find_element(page.by.CSS_SELECTOR, "textarea, input").is_enabled(), key
+    page.choose(page.ours("txt2img", "scalecrafter_preset"), "Custom")
+    dilation = page.ours("txt2img", "scalecrafter_dilation")
+    page.wait(lambda: page.label(dilation) == "Dilation", what="Custom to unlock the fields")
+    assert dilation.find_element(page.by.CSS_SELECTOR, "textarea, input").is_enabled()
+    assert dilation.get_attribute("title") == HELP["scalecrafter_dilation"]
+    page.choose(page.ours("txt2img", "scalecrafter_preset"), "Auto")
+
+
+def test_presets_of_the_loaded_family_only(page: Page) -> None:
+    page.open_accordion("txt2img")
+    options = page.options(page.ours("txt2img", "scalecrafter_preset"))
+    assert options[0] == "Auto" and options[-1] == "Custom"
+    assert all(label.startswith("SD1.5") for label in options[1:-1]) and len(options) == 10, options
+
+
+def test_switching_methods(page: Page) -> None:
+    page.open_accordion("txt2img")
+    method = page.ours("txt2img", "method")
+    page.choose(method, "None")
+    page.wait(lambda: not page.shown("txt2img", "scalecrafter_group"), what="the ScaleCrafter group to hide")
+    page.wait(lambda: "Nothing to run" in page.summary("txt2img"), what="the summary for method None")
+    page.choose(method, "ScaleCrafter")
+    page.wait(lambda: page.shown("txt2img", "scalecrafter_group"), what="the ScaleCrafter group to show")
+    page.wait(lambda: "ScaleCrafter, first pass" in page.summary("txt2img"), what="the ScaleCrafter plan")
+
+
+def test_img2img_offers_no_hires_options(page: Page) -> None:
+    page.tab("img2img")
+    try:
+        page.open_accordion("img2img")
+        assert page.shown("img2img", "scalecrafter_preset") and not page.shown("img2img", "scalecrafter_apply_to")
+        page.wait(lambda: "first pass" in page.summary("img2img"), what="the img2img plan")
+        assert "hires" not in page.summary("img2img").lower()
+        page.screenshot("img2img", page.ours("img2img", "enabled"))
+    finally:
+        page.tab("txt2img")
+
+
+def test_generate_read_infotext_and_paste_it_back(page: Page) -> None:
+    page.open_accordion("txt2img")
+    prompt = page.find("#txt2img_prompt textarea")
+    prompt.clear()
+    prompt.send_keys("a lighthouse on a cliff")
+    page.type_number("#txt2img_width", 128)
+    page.type_number("#txt2img_height", 128)
+    page.type_number("#txt2img_steps", 2)
+    page.choose(page.ours("txt2img", "scalecrafter_preset"), "Custom")
+    page.type_text(page.ours("txt2img", "scalecrafter_dilation"), "DB1=2 DB2=3 UB1=2")
+    page.type_number("#script_txt2img_hires_methods_scalecrafter_tau", 1)
+    page.wait(lambda: "DB1 2, DB2 3, UB1 2" in page.summary("txt2img"), what="the custom plan")
+    page.find("#txt2img_generate").click()
+    info = page.wait(lambda: "Hires Methods: ScaleCrafter" in page.find("#html_info_txt2img").text
+                     and page.find("#html_info_txt2img").text, timeout=300, what="the generated image's infotext")
+    assert "ScaleCrafter preset: Custom" in info and "ScaleCrafter dilation: DB1=2 DB2=3 UB1=2" in info, info
+    assert "ScaleCrafter dilated steps: 1.0" in info and "Hires Methods version: 2" in info
+    assert "Hires enabled" not in info and "Hires steps" not in info  # no hires fix, nothing of its
+    page.screenshot("infotext", page.find("#html_info_txt2img"))
+    # forget the settings, then paste the infotext back through the prompt box
+    page.choose(page.ours("txt2img", "scalecrafter_preset"), "Auto")
+    page.choose(page.ours("txt2img", "method"), "None")
+    parameters = info.strip()
+    prompt.clear()
+    page.driver.execute_script(
+        "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input', {bubbles: true}));",
+        prompt, parameters)
+    page.find("#tab_txt2img #paste").click()
+    page.wait(lambda: page.value(page.ours("txt2img", "method")) == "ScaleCrafter", what="the method pasted")
+    page.wait(lambda: page.value(page.ours("txt2img", "scalecrafter_preset")) == "Custom", what="the preset pasted")
+    page.wait(lambda: page.value(page.ours("txt2img", "scalecrafter_dilation")) == "DB1=2 DB2=3 UB1=2",
+              what="the dilation pasted")
+
+
+def test_xyz_axes_are_unique_and_unmistakable(page: Page) -> None:
+    page.choose(page.find("#script_list"), "X/Y/Z plot")
+    try:
+        options = page.options(page.find("#script_txt2img_xyz_plot_x_type"))
+        ours = [label for label in options if "Hires Methods" in label]
+        assert ours == [axis.label for axis in xyz_axes(GROUPS)], ours
+        assert len(set(options)) == len(options)
+        assert not [label for label in options if label.startswith("[Hires]")]
+    finally:
+        page.choose(page.find("#script_list"), "None")
