@@ -298,7 +298,8 @@ def parse_block_values(text: str, maximum: float = math.inf) -> dict[str, float]
         if not sep or not raw:
             raise ValueError(f"{item!r}: expected BLOCK=FACTOR, e.g. 'DB2=3'")
         if not 1 <= value <= maximum:  # also refuses nan
-            raise ValueError(f"{item!r}: the factor must be a number from 1 to {maximum:g}")
+            raise ValueError(f"{item!r}: the factor must be a number from 1 to {maximum:g} (a factor f pads each "
+                             "conv's input by ceil(f) pixels per side, and never beyond the feature map it pads)")
         _check_order(list(values), parse_block_key(key))
         values[key] = value
     return values

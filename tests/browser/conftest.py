@@ -65,8 +65,8 @@ class Page:
     # --- actions ---
 
     def tab(self, name: str) -> None:
-        button = next(b for b in self.all("#tabs > .tab-nav button, #tabs > div > .tab-nav button")
-                      if b.text.strip() == name)
+        button = next(b for b in self.all("#tabs .tab-nav button, #tabs [role=tab]")
+                      if b.text.strip().lower() == name)
         button.click()
         self.wait(lambda: self.find(f"#tab_{name}").is_displayed(), what=f"tab {name}")
 

@@ -23,7 +23,8 @@ def test_summary_is_filled_at_page_load(page: Page) -> None:
     the plan is for another checkpoint than the one selected)."""
     text = page.wait(lambda: "ScaleCrafter" in page.summary("txt2img") and page.summary("txt2img"), timeout=60,
                      what="a summary without any click")
-    assert "first pass 512x512" in text, text
+    width, height = (page.find(f"#txt2img_{key} input[type=number]").get_attribute("value") for key in ("width", "height"))
+    assert f"first pass {width}x{height}" in text, text
 
 
 def test_summary_follows_fast_typing(page: Page) -> None:
