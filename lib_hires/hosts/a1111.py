@@ -20,9 +20,9 @@ from torch import nn
 from ..job import JobPlan
 from ..patching import PatchScope
 from ..sampling.hooks import ModelCall, PassSlot, Rows, take_rows
+from ..ui import UiModel
 from ..vae.hook import VaeTiling
 from .sampler import wrap_pass_sampler
-from .ui_model import UiModel
 
 
 def unet_of(sd_model: Any) -> nn.Module:

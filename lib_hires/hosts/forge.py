@@ -23,10 +23,10 @@ from torch import nn
 from ..job import JobPlan
 from ..patching import PatchScope
 from ..sampling.hooks import ModelCall, PassSlot, Rows, take_rows
+from ..ui import UiModel
 from ..unet import family_from_keys
 from ..vae.hook import VaeTiling
 from .sampler import wrap_pass_sampler
-from .ui_model import UiModel
 
 UnetWrapper = Callable[[Callable[..., torch.Tensor], dict[str, Any]], torch.Tensor]
 

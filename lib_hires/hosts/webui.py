@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import importlib.util
 import json
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ from modules import script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
 from ..api import ApiValidation, settings_from_args
-from ..job import JobPlan, PassSize, Preview, plan_job, preview, tiled_vae
+from ..job import JobPlan, PassSize, plan_job, tiled_vae
 from ..methods import METHODS
 from ..params import (
     FEATURE_GROUPS, GROUPS, METHOD_GROUPS, NAME, VERSION_KEY, WARNING_KEY, Field, ParamError, ParamGroup, Settings,
@@ -30,7 +29,7 @@ from ..params import (
 )
 from ..patching import LIVE, PatchScope
 from ..sampling.hooks import PassSlot
-from ..unet import UnsupportedModel, detect_family
+from ..ui import LatestOnly, hires_size, panel, preset_menu, summary_html
 from ..vae.hook import VaeTiling
 
 IS_FORGE = importlib.util.find_spec("modules_forge") is not None
@@ -71,17 +70,7 @@ def hires_target(p: Any) -> tuple[int, int]:
     """The hires pass's size: the WebUI's own value once `p.init` ran, else computed like it does."""
     if getattr(p, "hr_upscale_to_x", 0):
         return p.hr_upscale_to_x, p.hr_upscale_to_y
-    return _hires_size(p.width, p.height, p.hr_scale, p.hr_resize_x, p.hr_resize_y)
-
-
-def _hires_size(width: int, height: int, scale: float, resize_x: int, resize_y: int) -> tuple[int, int]:
-    if not resize_x and not resize_y:
-        return int(width * scale), int(height * scale)
-    if not resize_y:
-        return resize_x, resize_x * height // width
-    if not resize_x:
-        return resize_y * width // height, resize_y
-    return resize_x, resize_y
+    return hires_size(p.width, p.height, p.hr_scale, p.hr_resize_x, p.hr_resize_y)
 
 
 def _tab(p: Any) -> str:
@@ -183,32 +172,6 @@ def _component(f: Field, elem_id: str, visible: bool, choices: Sequence[str] | N
     return gr.Textbox(lines=1, **common)
 
 
-class LatestOnly:
-    """Drops answers to earlier UI events: every event carries a stamp `client:count` (set by
-    javascript/hires_methods.js as the event fires), and an answer whose count is below one already
-    given to that page is not sent, so the page always ends on the answer to its last event, however
-    the server interleaved them."""
-
-    LIMIT = 512  # pages remembered per tab (oldest forgotten first)
-
-    def __init__(self) -> None:
-        self.latest: dict[str, int] = {}
-        self.lock = threading.Lock()
-
-    def current(self, stamp: object) -> bool:
-        client, _, count = str(stamp).rpartition(":")
-        if not client or not count.isdigit():
-            return True  # an event without a stamp (the page's script not loaded): answer it
-        with self.lock:
-            if int(count) < self.latest.get(client, -1):
-                return False
-            self.latest.pop(client, None)
-            self.latest[client] = int(count)
-            while len(self.latest) > self.LIMIT:
-                del self.latest[next(iter(self.latest))]
-        return True
-
-
 class Accordion:
     """Owns the components of one tab, their events, the infotext fields and the paste names."""
 
@@ -252,7 +215,7 @@ class Accordion:
                                   elem_classes=["hires-methods-group"]):
                     for f in fields(group):
                         self.components[f.api_key] = _component(f, eid(f.api_key), self.tab in f.spec.tabs)
-            self.summary = gr.HTML(self._html("The plan appears here once the page has loaded."),
+            self.summary = gr.HTML(summary_html(["The plan appears here once the page has loaded."]),
                                    elem_id=eid("summary"), elem_classes=["hires-methods-summary"])
             self.stamp = gr.Textbox(STAMP, visible=False, elem_id=eid("stamp"))
             self.refresh_button = gr.Button("Refresh the plan", elem_id=eid("refresh"),
@@ -315,8 +278,11 @@ class Accordion:
             component.change(**events, _js="hiresMethodsStamp")
         self.refresh_button.click(**events, _js="hiresMethodsSettle")
 
+    def _preset_fields(self) -> list[Field]:
+        return [f for f in self.fields if f.group.KEY in METHODS and f.name == "preset"]
+
     def _preset_outputs(self) -> list[Any]:
-        return [self.components[f"{key}_preset"] for key in METHODS if f"{key}_preset" in self.components]
+        return [self.components[f.api_key] for f in self._preset_fields()]
 
     def _locked_fields(self) -> list[Field]:
         return [f for f in self.fields if f.spec.from_preset]
@@ -325,72 +291,15 @@ class Accordion:
         return [self.components[f.api_key] for f in self._locked_fields()]
 
     def refresh(self, ours: Sequence[Any], core: dict[str, Any], stamp: object = "") -> list[Any]:
-        """The summary, the preset menus for the model's family, and the preset-controlled fields. The
-        summary carries the model and the event it answers (`stamp`) for javascript/hires_methods.js."""
-        model = host.ui_model()
-        tag = {"identity": model.identity, "stamp": str(stamp)}
-        family = model.family
-        if model.unet is not None:
-            try:
-                family = detect_family(model.unet)
-            except UnsupportedModel:
-                family = None
-        presets = [self._preset_menu(key, family, ours) for key in METHODS if f"{key}_preset" in self.components]
-        unlock = [gr.update(interactive=True, label=f.spec.label) for f in self._locked_fields()]
-        if model.unet is None and model.family is None:
-            text = "The plan appears once a model is loaded" + (
-                " (Forge loads it at the first generation)." if IS_FORGE else ".")
-            return [self._html(text, **tag), *presets, *unlock]
-        width, height = int(core.get("width", 512)), int(core.get("height", 512))
-        steps = int(core.get("steps", 20))
-        hires = None
-        if self.tab == "txt2img" and core.get("hr-checkbox"):
-            hx, hy = _hires_size(width, height, float(core.get("hr_scale", 2.0)),
-                                 int(core.get("hr_resize_x", 0)), int(core.get("hr_resize_y", 0)))
-            hires = PassSize("hires", hx, hy, int(core.get("hires_steps", 0)) or steps)
-        try:
-            settings = settings_from_args(list(ours))
-        except ParamError as error:
-            labels = {f.api_key: f.spec.label for f in self.fields}
-            lines = [f"Check {labels.get(key, key)}: {text}" for key, text in error.problems.items()]
-            return [self._html("", errors=lines, **tag), *presets, *unlock]
-        shown = preview(settings, model.unet, model.native, PassSize("first", width, height, steps), hires,
-                        self.tab, model.family)
-        source = shown.locked and next(f for f in fields(type(shown.locked)) if f.name == "preset").label_of(
-            shown.locked.preset)  # type: ignore[attr-defined]
+        """The summary, the preset menus for the model's family, and the preset-controlled fields."""
+        shown = panel(self.tab, ours, core, host.ui_model(), str(stamp), IS_FORGE)
+        presets = [gr.update(choices=preset_menu(f, shown.family, ours[self.fields.index(f)]))
+                   for f in self._preset_fields()]
         locked = [gr.update(value=f.label_of(getattr(shown.locked, f.name)), interactive=False,
-                            label=f"{f.spec.label} (from the {source} preset)")
-                  if shown.locked is not None and f.group is type(shown.locked) else update
-                  for f, update in zip(self._locked_fields(), unlock)]
-        return [self._describe(shown, model.unet is None, tag), *presets, *locked]
-
-    def _preset_menu(self, method: str, family: Any, ours: Sequence[Any]) -> Any:
-        """The preset choices that suit the model's family (all while it is unknown), keeping the current one."""
-        f = next(f for f in self.fields if f.api_key == f"{method}_preset")
-        current = ours[self.fields.index(f)]
-        labels = [str(f.label_of(key)) for key in METHODS[method].presets(family)]
-        return gr.update(choices=labels if current in labels else [*labels, current])
-
-    def _describe(self, shown: Preview, early: bool, tag: dict[str, str]) -> str:
-        """The summary for a person: what will run, or why nothing will."""
-        lines = list(shown.lines)
-        if not lines and not shown.warnings:
-            lines = ["Nothing to run: choose a method, or turn on a shared feature such as Tiled VAE."]
-        if early:
-            lines.insert(0, "Planned from the selected checkpoint; Forge loads it at the first generation.")
-        if not shown.enabled:
-            lines.insert(0, "Off: open this panel to use it. It would run:")
-        return self._html("", lines=lines, warnings=shown.warnings, **tag)
-
-    @staticmethod
-    def _html(text: str, *, lines: Sequence[str] = (), warnings: Sequence[str] = (), errors: Sequence[str] = (),
-              identity: str = "", stamp: str = "") -> str:
-        parts = [f"<div>{html.escape(text)}</div>"] if text else []
-        parts += [f"<div>{html.escape(line)}</div>" for line in lines]
-        parts += [f"<div class='hires-methods-warning'>Warning: {html.escape(w)}</div>" for w in warnings]
-        parts += [f"<div class='hires-methods-error'>{html.escape(e)}</div>" for e in errors]
-        data = f"data-model='{html.escape(identity, quote=True)}' data-stamp='{html.escape(stamp, quote=True)}'"
-        return f"<div {data}>{''.join(parts)}</div>"
+                            label=f"{f.spec.label} (from the {shown.source} preset)")
+                  if shown.locked is not None and f.group is type(shown.locked)
+                  else gr.update(interactive=True, label=f.spec.label) for f in self._locked_fields()]
+        return [shown.html, *presets, *locked]
 
 
 # --- X/Y/Z plot -------------------------------------------------------------------------------
