@@ -92,23 +92,32 @@ class Page:
         area.send_keys("\ue004")  # tab: blur, so the value is committed
 
     def choose(self, element: Any, label: str) -> None:
-        """Pick a dropdown option by its label."""
-        box = element.find_element(self.by.CSS_SELECTOR, "input")
-        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
-        box.click()
-        option = self.wait(lambda: next((li for li in element.find_elements(self.by.CSS_SELECTOR, "ul.options li")
+        """Pick a dropdown option by its label (`element`: the dropdown, or a CSS selector for one that the
+        page may re-render meanwhile)."""
+        def dropdown() -> Any:
+            return self.find(element) if isinstance(element, str) else element
+
+        box = dropdown().find_element(self.by.CSS_SELECTOR, "input")
+        self.open_menu(box)
+        option = self.wait(lambda: next((li for li in dropdown().find_elements(self.by.CSS_SELECTOR, "ul.options li")
                                          if self.option_label(li) == label), None), what=f"option {label!r}")
         option.click()
-        self.wait(lambda: self.value(element) == label, what=f"{label!r} to be chosen")
+        self.wait(lambda: self.value(dropdown()) == label, what=f"{label!r} to be chosen")
 
     def options(self, element: Any) -> list[str]:
+        element = self.find(element) if isinstance(element, str) else element
         box = element.find_element(self.by.CSS_SELECTOR, "input")
-        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
-        box.click()
+        self.open_menu(box)
         items = self.wait(lambda: element.find_elements(self.by.CSS_SELECTOR, "ul.options li"), what="options")
         texts = [self.option_label(li) for li in items]
         box.send_keys("\ue00c")  # escape
         return texts
+
+    def open_menu(self, box: Any) -> None:
+        """Open a dropdown's options (a focused dropdown does not reopen on a click: blur it first)."""
+        self.driver.execute_script("document.activeElement && document.activeElement.blur();"
+                                   "arguments[0].scrollIntoView({block: 'center'})", box)
+        box.click()
 
     @staticmethod
     def option_label(item: Any) -> str:
@@ -116,6 +125,7 @@ class Page:
         return str(item.get_attribute("textContent")).replace("\u2713", "").strip()
 
     def value(self, element: Any) -> str:
+        element = self.find(element) if isinstance(element, str) else element
         box = element.find_element(self.by.CSS_SELECTOR, "textarea, input:not([type=checkbox])")
         return str(box.get_attribute("value"))
 

@@ -137,3 +137,29 @@ def test_xyz_axes_are_unique_and_unmistakable(page: Page) -> None:
         assert not [label for label in options if label.startswith("[Hires]")]
     finally:
         page.choose(page.find("#script_list"), "None")
+
+
+def test_plan_follows_the_selected_checkpoint(page: Page) -> None:
+    """With a second checkpoint installed, selecting it makes the plan follow (A1111 loads it in the
+    background; Forge plans from its header until the first generation); skipped with only one."""
+    menu = "#setting_sd_model_checkpoint, .model_selection"
+    page.wait(lambda: page.all(menu), what="the checkpoint menu")
+    options = page.options(menu)
+    current = page.value(menu)
+    other = next((option for option in options if option != current), None)
+    if other is None:
+        import pytest
+
+        pytest.skip("only one checkpoint is installed")
+
+    def planned_for() -> str:
+        return str(page.ours("txt2img", "summary").find_element(page.by.CSS_SELECTOR, "[data-model]")
+                   .get_attribute("data-model"))
+
+    try:
+        page.choose(menu, other)
+        page.wait(lambda: planned_for() == other and "first pass" in page.summary("txt2img"), timeout=90,
+                  what=f"the plan for {other}")
+    finally:
+        page.choose(menu, current)
+        page.wait(lambda: planned_for() == current, timeout=90, what=f"the plan for {current} again")
