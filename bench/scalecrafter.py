@@ -63,7 +63,7 @@ def main() -> None:
     def hooked(preset: str) -> Callable[[], torch.Tensor]:
         pixels = {"sd15_1024x1024_code": 1024, "sd15_1280x1280_code": 1280, "sd15_2048x2048_code": 2048}[preset]
         resolution = resolve(ScaleCrafterParams(preset=preset), frozenset(), ModelFamily.SD1, 512, pixels, pixels)
-        plan = bind(resolution, unet_map)
+        plan = bind(resolution, unet_map, (pixels // 8, pixels // 8))  # checked for the preset's size
 
         def run() -> torch.Tensor:
             with PatchScope() as scope:

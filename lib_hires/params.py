@@ -493,6 +493,29 @@ BLOCK_LIST = Syntax(
     f"block names such as 'DB3 MB UB0' (or empty): {BLOCK_NAMES_TEXT}; each once")
 
 
+def _apply_to(what: str) -> Any:
+    """The "Apply to" choice of a method that runs in the first pass, the hires pass or both."""
+    return param("auto", "Apply to", f"Which pass to {what}. Auto: the hires-fix pass when hires fix is on, else the "
+                 "only pass.", choices=("auto", "first", "hires", "both"),
+                 choice_labels=("Auto", "First pass", "Hires pass", "Both"), tabs=("txt2img",))
+
+
+def _tile_size() -> Any:
+    return param(0, "Tile size", "The side of a tile in latent pixels (8 image pixels each). 0: the model's native "
+                 "size (64 for SD1.5, 96 for SD2 768-v, 128 for SDXL).", minimum=16, maximum=256, step=8, zero="auto")
+
+
+def _tile_batch() -> Any:
+    return param(4, "Tile batch", "Tiles run through the model together: more is faster and takes more memory.",
+                 minimum=1, maximum=16, step=1)
+
+
+def _blending(default: str) -> Any:
+    return param(default, "Blending", "How tiles are averaged where they overlap: Uniform, every tile the same; "
+                 "Gaussian, a tile's centre counts more than its edges.", choices=("uniform", "gaussian"),
+                 choice_labels=("Uniform", "Gaussian"))
+
+
 @dataclass(frozen=True)
 class ScaleCrafterParams(ParamGroup):
     """ScaleCrafter (He et al., ICLR 2024); the values are explained in docs/scalecrafter.md."""
@@ -510,12 +533,7 @@ class ScaleCrafterParams(ParamGroup):
         "table. Custom: edit the settings yourself.",
         choices=("auto", *(p.key for p in PRESETS), "custom"),
         choice_labels=("Auto", *(p.label for p in PRESETS), "Custom"))
-    apply_to: str = param(
-        "auto", "Apply to",
-        "Which pass to re-dilate, each for its own size. Auto: the hires-fix pass when hires fix is on, "
-        "else the only pass.",
-        choices=("auto", "first", "hires", "both"), choice_labels=("Auto", "First pass", "Hires pass", "Both"),
-        tabs=("txt2img",))
+    apply_to: str = _apply_to("re-dilate, each for its own size")
     dilation: str = param(
         "DB1=2 DB2=2 DB3=2 MB=2 UB0=2 UB1=2 UB2=2", "Dilation",
         "How much wider each UNet block looks, as a factor per block, e.g. 'DB2=3 DB3=4 MB=4': down blocks "
@@ -551,6 +569,41 @@ class ScaleCrafterParams(ParamGroup):
 
 
 @dataclass(frozen=True)
+class MultiDiffusionParams(ParamGroup):
+    """MultiDiffusion (Bar-Tal et al., ICML 2023): explicit-overlap tiled sampling (docs/tiled_sampling.md)."""
+
+    KEY = "multidiffusion"
+    TITLE = "MultiDiffusion"
+
+    apply_to: str = _apply_to("sample tile by tile")
+    tile_size: int = _tile_size()
+    overlap: int = param(0, "Overlap", "How far neighbouring tiles overlap, in latent pixels; every step runs about "
+                         "(tile / (tile - overlap))^2 times as many tiles as there are without overlap. 0: half a tile.",
+                         minimum=8, maximum=248, step=8, zero="auto")
+    blending: str = _blending("uniform")
+    tile_batch: int = _tile_batch()
+
+
+@dataclass(frozen=True)
+class FSTDParams(ParamGroup):
+    """FSTD, Any-Size-Diffusion (Zheng et al., AAAI 2024): implicit-overlap tiled sampling (docs/tiled_sampling.md)."""
+
+    KEY = "fstd"
+    TITLE = "FSTD"
+
+    apply_to: str = _apply_to("sample tile by tile")
+    tile_size: int = _tile_size()
+    offset_range: int = param(0, "Offset range", "Each step the whole tile grid moves by one random offset below "
+                              "this many latent pixels per axis, so tile borders never stay in place and no overlap "
+                              "is needed. 0: half a tile (the paper's setting).", minimum=1, maximum=256, step=1,
+                              zero="auto")
+    reset_period: int = param(4, "Reset period", "Every this-many-th step, the first included, runs the grid "
+                              "unshifted (the official 4). 1: never shifted.", minimum=1, maximum=50, step=1)
+    blending: str = _blending("gaussian")
+    tile_batch: int = _tile_batch()
+
+
+@dataclass(frozen=True)
 class TiledVAEParams(ParamGroup):
     """Tiled VAE with GroupNorm statistics synchronised over all tiles (docs/tiled_vae.md)."""
 
@@ -576,7 +629,7 @@ class TiledVAEParams(ParamGroup):
         choices=("off", "on_nan", "always"), choice_labels=("Off", "On NaN", "Always"))
 
 
-METHOD_GROUPS: tuple[type[ParamGroup], ...] = (ScaleCrafterParams,)
+METHOD_GROUPS: tuple[type[ParamGroup], ...] = (ScaleCrafterParams, FSTDParams, MultiDiffusionParams)
 """One group per method (`methods.METHODS` has the same keys), in the order the method menu lists them."""
 FEATURE_GROUPS: tuple[type[ParamGroup], ...] = (TiledVAEParams,)
 """Shared features that work with any method or alone."""
@@ -593,7 +646,9 @@ class General(ParamGroup):
                         choice_labels=("None", *(g.TITLE for g in METHOD_GROUPS)), infotext=NAME)
 
 
-GROUPS: tuple[type[ParamGroup], ...] = (General, *METHOD_GROUPS, *FEATURE_GROUPS)
+GROUPS: tuple[type[ParamGroup], ...] = (General, ScaleCrafterParams, TiledVAEParams, FSTDParams, MultiDiffusionParams)
+"""Every group, in the order of the UI's positional values (what `script-info` lists and the API's positional
+form sends): append-only, so that a new group never moves the values of an older one."""
 
 
 def reference_markdown(groups: Sequence[type[ParamGroup]] = GROUPS) -> str:

@@ -128,7 +128,8 @@ def plan_batch(p: Any) -> None:
     except AttributeError:  # not a UNet model (e.g. Flux in Forge): plan_job says so
         unet, native = None, None
     first = PassSize("first", p.width, p.height, p.steps)
-    state.plan = plan_job(state.settings, unet, native, first, hires, _tab(p))
+    seeds = getattr(p, "all_seeds", None) or [getattr(p, "seed", 0)]
+    state.plan = plan_job(state.settings, unet, native, first, hires, _tab(p), seed=int(seeds[0]))
     p.extra_generation_params.update(state.plan.infotext)
     if state.plan.summary != "off":
         log(state.plan.summary)

@@ -6,7 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from ..params import METHOD_GROUPS
 from .base import Method
+from .fstd import FSTD
+from .multidiffusion import MultiDiffusion
 from .scalecrafter import ScaleCrafter
 
-METHODS: Mapping[str, Method] = MappingProxyType({method.params.KEY: method for method in (ScaleCrafter(),)})
+_ALL: tuple[Method, ...] = (ScaleCrafter(), FSTD(), MultiDiffusion())
+METHODS: Mapping[str, Method] = MappingProxyType(
+    {group.KEY: next(m for m in _ALL if m.params is group) for group in METHOD_GROUPS})  # menu order

@@ -22,7 +22,6 @@ from ..sampling.hooks import PassHooks
 from ..unet import ModelFamily, UNetMap
 
 Warn = Callable[[str], None]
-TABS = ("txt2img", "img2img")
 
 
 @dataclass(frozen=True)
@@ -52,10 +51,31 @@ class JobContext:
     first: PassSize
     hires: PassSize | None  # None: hires fix is off (always in img2img)
     tab: str = "txt2img"
+    seed: int = 0  # the first image's seed: methods draw their randomness from it (DESIGN.md rule 6)
 
     @property
     def passes(self) -> tuple[PassSize, ...]:
         return (self.first,) if self.hires is None else (self.first, self.hires)
+
+    @property
+    def native_latent(self) -> int:
+        """The model's native size in latent pixels (64 for SD1.5, 96 for SD2 768-v, 128 for SDXL)."""
+        return self.native // 8
+
+    def selected(self, apply_to: str) -> tuple[PassSize, ...]:
+        """The passes an "Apply to" choice selects (see `passes_for`)."""
+        names = passes_for(apply_to, self.hires is not None)
+        return tuple(size for size in self.passes if size.name in names)
+
+
+def passes_for(apply_to: str, hires: bool) -> tuple[str, ...]:
+    """The passes "Apply to" selects: auto means the hires pass with hires fix, else the first pass."""
+    return {
+        "auto": ("hires",) if hires else ("first",),
+        "first": ("first",),
+        "hires": ("hires",) if hires else (),
+        "both": ("first", "hires") if hires else ("first",),
+    }[apply_to]
 
 
 class PassPlan(Protocol):

@@ -275,16 +275,6 @@ class ScaleCrafterPass:
 
 # --- the method: planning a job ----------------------------------------------------------------
 
-def passes_for(apply_to: str, hires: bool) -> tuple[str, ...]:
-    """The passes "Apply to" selects: auto means the hires pass with hires fix, else the first pass."""
-    return {
-        "auto": ("hires",) if hires else ("first",),
-        "first": ("first",),
-        "hires": ("hires",) if hires else (),
-        "both": ("first", "hires") if hires else ("first",),
-    }[apply_to]
-
-
 def _unused(params: ScaleCrafterParams, given: frozenset[str], resolved: list[tuple[PassSize, Resolution]],
             ) -> dict[str, str]:
     """The given keys no resolved pass used, with the reason (`MethodPlan.unused`). Nothing when no pass
@@ -323,16 +313,14 @@ class ScaleCrafter:
         return ("auto", *(p.key for p in PRESETS if family is None or p.family == family), "custom")
 
     def plan(self, params: ScaleCrafterParams, given: frozenset[str], job: JobContext) -> MethodPlan:
-        names = passes_for(params.apply_to, job.hires is not None)
+        selected = job.selected(params.apply_to)
         warnings: list[str] = []
-        if not names:
+        if not selected:
             warnings.append("ScaleCrafter is set to the hires pass but hires fix is off")
         plans: dict[str, Plan] = {}
         resolved: list[tuple[PassSize, Resolution]] = []
         lines: list[str] = []
-        for size in job.passes:
-            if size.name not in names:
-                continue
+        for size in selected:
             try:
                 resolution = resolve(params, given, job.family, job.native, size.width, size.height)
                 plan = None if job.unet_map is None else bind(resolution, job.unet_map, size.latent)

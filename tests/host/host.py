@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lib_hires.sampling.hooks import ModelCall, PassHooks, PassSlot, Rows, hooked_sampler
+from lib_hires.sampling.hooks import ModelCall, PassHooks, PassSlot, Rows, hooked_sampler, take_rows
 from lib_hires.unet import ModelFamily
 
 from .models import LAYOUTS, build_unet, build_vae
@@ -83,10 +83,19 @@ class DiscreteEpsDenoiser:
         w = t - low
         return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[low + 1]).exp()
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+        """`cond`: the cross-attention context, or for SDXL {"crossattn": context, "vector": y} as in A1111."""
         c_in = 1 / (sigma**2 + 1) ** 0.5
-        eps = self.unet(x * c_in[:, None, None, None], self.sigma_to_t(sigma), context=context)
+        context, vector = (cond["crossattn"], cond["vector"]) if isinstance(cond, dict) else (cond, None)
+        eps = self.unet(x * c_in[:, None, None, None], self.sigma_to_t(sigma), context=context, y=vector)
         return x - eps * sigma[:, None, None, None]
+
+
+def take_rows_cat(first: Any, second: Any) -> Any:
+    """Two conditionings (tensors, or dicts of them) stacked row-wise."""
+    if isinstance(first, dict):
+        return {key: torch.cat([first[key], second[key]]) for key in first}
+    return torch.cat([first, second])
 
 
 class TestHost:
@@ -100,8 +109,8 @@ class TestHost:
         self._native = native_size or NATIVE[models.family]
         self.denoiser = DiscreteEpsDenoiser(models.unet)
         self.slot = PassSlot()
-        self.cond = self.encode_prompt(job.prompt).expand(job.batch_size, -1, -1)
-        self.uncond = self.encode_prompt(job.negative).expand(job.batch_size, -1, -1)
+        self.cond = self.conditioning(job.prompt)
+        self.uncond = self.conditioning(job.negative)
         self.interrupt = False
         self.progress_log: list[tuple[int, int]] = []
 
@@ -152,14 +161,14 @@ class TestHost:
     def _extra_args(self) -> dict[str, Any]:
         return {"cond": self.cond, "uncond": self.uncond, "cond_scale": self.job.cfg_scale}
 
-    def cfg_denoiser(self, x: torch.Tensor, sigma: torch.Tensor, *, cond: torch.Tensor, uncond: torch.Tensor,
+    def cfg_denoiser(self, x: torch.Tensor, sigma: torch.Tensor, *, cond: Any, uncond: Any,
                      cond_scale: float) -> torch.Tensor:
         """CFG over one batched model call: cond rows, then uncond rows (none at scale 1)."""
         b = x.shape[0]
         with_uncond = cond_scale != 1.0
         x_in = torch.cat([x, x]) if with_uncond else x
         sigma_in = torch.cat([sigma, sigma]) if with_uncond else sigma
-        context = torch.cat([cond, uncond]) if with_uncond else cond
+        context = take_rows_cat(cond, uncond) if with_uncond else cond
         rows = Rows(tuple(range(b)) * (2 if with_uncond else 1), (False,) * b + (True,) * (b if with_uncond else 0))
         out = self.model_call(x_in, sigma_in, context, rows)
         if not with_uncond:
@@ -167,14 +176,14 @@ class TestHost:
         denoised_cond, denoised_uncond = out[:b], out[b:]
         return denoised_uncond + (denoised_cond - denoised_uncond) * cond_scale
 
-    def model_call(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, rows: Rows) -> torch.Tensor:
+    def model_call(self, x: torch.Tensor, sigma: torch.Tensor, context: Any, rows: Rows) -> torch.Tensor:
         def base(call: ModelCall) -> torch.Tensor:
             return self.denoiser(call.x, call.sigma, call.cond)
 
         current = self.slot.current
         if current is None or current.step is None:
             return self.denoiser(x, sigma, context)
-        call = ModelCall(x, sigma, context, rows, current.step, take_cond=lambda c, idx: c[list(idx)])
+        call = ModelCall(x, sigma, context, rows, current.step, take_cond=lambda c, idx: take_rows(c, idx, x.shape[0]))
         return current.call(call, base)
 
     @torch.no_grad()
@@ -187,6 +196,20 @@ class TestHost:
         """The sampler function called directly, with no hook machinery (the reference)."""
         return SAMPLERS[self.job.sampler](self.cfg_denoiser, x, sigmas, extra_args=self._extra_args(),
                                           **self._sampler_kwargs(x, stage))
+
+    def conditioning(self, prompt: str) -> Any:
+        """The batch's conditioning for a prompt: the context, with SDXL's vector as A1111 builds it
+        (pooled text 1280, then original size, crop (0, 0) and target size in pixels, 256 channels each)."""
+        context = self.encode_prompt(prompt).expand(self.job.batch_size, -1, -1)
+        if self.models.family != "sdxl":
+            return context
+        from ldm.modules.diffusionmodules.util import timestep_embedding
+
+        pooled = context.mean(dim=1).repeat(1, 1280 // context.shape[-1] + 1)[:, :1280]
+        sizes = torch.tensor([[self.job.height, self.job.width, 0, 0, self.job.height, self.job.width]],
+                             dtype=torch.float32)
+        embedded = timestep_embedding(sizes.flatten(), 256).reshape(1, -1).expand(self.job.batch_size, -1)
+        return {"crossattn": context, "vector": torch.cat([pooled, embedded], dim=1)}
 
     # --- prompts, VAE, progress ---
     def encode_prompt(self, prompt: str, words: Sequence[int] | None = None) -> torch.Tensor:

@@ -32,6 +32,7 @@ class UNetLayout:
     linear_transformer: bool
     num_heads: int = -1
     num_head_channels: int = -1
+    vector_dim: int | None = None  # SDXL's vector conditioning `y` (pooled text + size/crop embeddings)
 
 
 # SD1.x: 4 levels, attention at ds 1/2/4, conv proj_in, fixed head count.
@@ -41,8 +42,10 @@ SD1 = UNetLayout(channel_mult=(1, 2, 4, 4), attention_resolutions=(4, 2, 1), lin
 SD2 = UNetLayout(channel_mult=(1, 2, 4, 4), attention_resolutions=(4, 2, 1), linear_transformer=True,
                  num_head_channels=8)
 # SDXL: 3 levels, attention only at levels 1 and 2 (ds 2 and 4), downsamplers after levels 0 and 1.
+# The SD2-era LDM UNet has no vector conditioning: SDXL's `label_emb` (linear, SiLU, linear over the 2816-d
+# vector, added to the time embedding) is attached after construction.
 SDXL = UNetLayout(channel_mult=(1, 2, 4), attention_resolutions=(2, 4), linear_transformer=True,
-                  num_head_channels=8)
+                  num_head_channels=8, vector_dim=2816)
 
 LAYOUTS = {"sd1": SD1, "sd2": SD2, "sdxl": SDXL}
 
@@ -62,6 +65,10 @@ def build_unet(layout: UNetLayout, *, model_channels: int = 32, context_dim: int
         use_spatial_transformer=True, transformer_depth=1, context_dim=context_dim, legacy=False,
         use_linear_in_transformer=layout.linear_transformer,
     )
+    if layout.vector_dim is not None:
+        width = model_channels * 4  # LDM's time embedding width
+        unet.num_classes = "sequential"  # LDM's forward then requires `y` and adds label_emb(y)
+        unet.label_emb = nn.Sequential(nn.Linear(layout.vector_dim, width), nn.SiLU(), nn.Linear(width, width))
     randomize_zero_and_norm_weights(unet, seed)
     return unet.eval().requires_grad_(False)
 

@@ -122,8 +122,27 @@ def sample_dpmpp_2m_sde(model: Model, x: torch.Tensor, sigmas: torch.Tensor,
     return x
 
 
+def sample_heun(model: Model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict[str, Any] | None = None,
+                callback: Callable[[dict[str, Any]], None] | None = None, disable: bool | None = None) -> torch.Tensor:
+    """k-diffusion's Heun (no churn): a second evaluation at the next noise level, except at the last step."""
+    extra_args = extra_args or {}
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        d = (x - denoised) / sigmas[i]
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = x + d * dt
+        else:
+            x_2 = x + d * dt
+            d_2 = (x_2 - model(x_2, sigmas[i + 1] * s_in, **extra_args)) / sigmas[i + 1]
+            x = x + (d + d_2) / 2 * dt
+    return x
+
+
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "Euler": sample_euler,
+    "Heun": sample_heun,
     "Euler a": sample_euler_ancestral,
     "DPM++ 2M": sample_dpmpp_2m,
     "DPM++ 2M SDE": sample_dpmpp_2m_sde,

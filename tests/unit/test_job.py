@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from lib_hires.job import PassSize, plan_job, preview
-from lib_hires.methods.scalecrafter import passes_for
+from lib_hires.methods.base import passes_for
 from lib_hires.params import (
     GROUPS,
     WEBUI_HIRES_KEYS,
@@ -151,3 +151,31 @@ def test_given_values_the_plan_does_not_use_are_named(sd1: Models) -> None:
     controls = {**to_api_dict(validate_api_dict(GROUPS, {}).values.values()), "enabled": True, "method": "none",
                 "scalecrafter_preset": "custom", "scalecrafter_tau": 0.3, "tiled_vae_decoder_tile": 32}
     assert plan_job(from_ui(GROUPS, controls), sd1.unet, None, FIRST, None).warnings == ()
+
+
+def test_tiled_methods_plan_grids_for_each_pass(sd1: Models) -> None:
+    hires = PassSize("hires", 1024, 768, 8)  # latent 128 x 96
+    fstd = plan_job(settings(method="fstd"), sd1.unet, None, FIRST, hires, seed=3)
+    assert list(fstd.passes) == ["hires"] and fstd.warnings == ()
+    assert fstd.lines == ("FSTD, hires pass 1024x768: 2x2 tiles of 64 latent px, batch 4, offsets below 32 latent px, "
+                          "2 of 8 steps unshifted (every 4th)",)
+    assert (fstd.infotext["Hires Methods"], fstd.infotext["FSTD tile size"], fstd.infotext["FSTD offset range"]) == (
+        "FSTD", "64", "32")  # the resolved values: the model's native latent size, half a tile
+    multi = plan_job(settings(method="multidiffusion", multidiffusion_apply_to="both"), sd1.unet, None, FIRST, hires)
+    assert list(multi.passes) == ["first", "hires"]
+    assert multi.lines[1] == ("MultiDiffusion, hires pass 1024x768: 3x2 tiles of 64 latent px, overlap 32, uniform "
+                              "blending, batch 4")
+    assert multi.infotext["MultiDiffusion overlap"] == "32" and multi.infotext["MultiDiffusion blending"] == "Uniform"
+    in_img2img = plan_job(settings(method="fstd"), sd1.unet, None, PassSize("first", 1024, 1024, 10), None,
+                          tab="img2img")
+    assert list(in_img2img.passes) == ["first"]
+
+
+def test_tiled_methods_refuse_what_cannot_work(sd1: Models) -> None:
+    overlap = plan_job(settings(method="multidiffusion", multidiffusion_tile_size=32, multidiffusion_overlap=32),
+                       sd1.unet, None, FIRST, None)
+    assert not overlap.runs and "overlap (32 latent px) must be smaller than the tile (32 latent px)" in overlap.warnings[0]
+    reach = plan_job(settings(method="fstd", fstd_tile_size=32, fstd_offset_range=40), sd1.unet, None, FIRST, None)
+    assert not reach.runs and "offset range (40 latent px) must not exceed the tile" in reach.warnings[0]
+    no_hires = plan_job(settings(method="fstd", fstd_apply_to="hires"), sd1.unet, None, FIRST, None)
+    assert not no_hires.runs and no_hires.warnings == ("FSTD is set to the hires pass but hires fix is off",)

@@ -213,3 +213,17 @@ def test_parameter_reference_is_up_to_date() -> None:
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "parameters.md"
     assert doc.read_text() == reference_markdown() + "\n", "run: python tools/gen_params_doc.py"
+
+
+def test_groups_are_complete_and_positional_order_is_append_only() -> None:
+    from lib_hires.params import FEATURE_GROUPS, METHOD_GROUPS, General
+
+    assert REAL_GROUPS[0] is General and set(REAL_GROUPS) == {General, *METHOD_GROUPS, *FEATURE_GROUPS}
+    assert len(REAL_GROUPS) == len(set(REAL_GROUPS))
+    # the positions of the values released before FSTD and MultiDiffusion were added
+    keys = [f.api_key for f in all_fields(REAL_GROUPS)]
+    assert keys[:16] == ["enabled", "method", "scalecrafter_preset", "scalecrafter_apply_to", "scalecrafter_dilation",
+                         "scalecrafter_tau", "scalecrafter_progressive", "scalecrafter_ndcfg",
+                         "scalecrafter_ndcfg_dilation", "scalecrafter_ndcfg_tau", "scalecrafter_disperse",
+                         "scalecrafter_disperse_blocks", "tiled_vae_enabled", "tiled_vae_decoder_tile",
+                         "tiled_vae_encoder_tile", "tiled_vae_fp32"]

@@ -1,0 +1,68 @@
+"""Conditioning for one window of a latent: spatial conditioning cropped with it, SDXL's crop
+coordinates set to its top-left (pure functions over the hosts' nested conditioning objects).
+
+SDXL's vector conditioning (A1111 key `vector`, Forge key `y`, the UNet's `y`) is the concatenation
+of the pooled text embedding (1280) and sinusoidal embeddings of `original_size`, `crop_coords_top_left`
+and `target_size` (SDXL base; the refiner has an aesthetic score instead of the target size), each
+number embedded with 256 channels (SGM's `ConcatTimestepEmbedderND` over `timestep_embedding`). The
+crop coordinates occupy channels 1792-2303 in both. DemoFusion and AccDiffusion give every window the
+crop of its top-left in image pixels (methods/demofusion.md §3.1), which `with_crop` does.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .windows import Window
+
+EMBED = 256  # channels per embedded number
+CROP_SLICE = slice(1280 + 2 * EMBED, 1280 + 4 * EMBED)  # after the pooled text and original_size
+VECTOR_WIDTHS = (2816, 2560)  # SDXL base, SDXL refiner
+VECTOR_KEYS = ("vector", "y")  # A1111, Forge
+
+
+def embed_numbers(values: Sequence[float], dim: int = EMBED, max_period: float = 10000.0) -> torch.Tensor:
+    """Each number's sinusoidal embedding `[cos(v f), sin(v f)]`, `f_k = max_period^(-k / (dim/2))`,
+    concatenated: shape (len(values) * dim,), float32 (LDM/SGM `timestep_embedding`)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+    args = torch.tensor(values, dtype=torch.float32)[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).reshape(-1)
+
+
+def with_crop(vector: torch.Tensor, top: int, left: int) -> torch.Tensor:
+    """A copy of SDXL vector conditioning rows with `crop_coords_top_left` = (top, left) image pixels."""
+    out = vector.clone()
+    out[:, CROP_SLICE] = embed_numbers([top, left]).to(out)
+    return out
+
+
+def window_cond(cond: Any, windows: Sequence[Window], rows: int, latent: tuple[int, int], vae_scale: int = 8) -> Any:
+    """Conditioning for a batch of windows, from conditioning whose rows are already repeated once per
+    window (window-major: rows `k * rows ... (k + 1) * rows - 1` are window k's).
+
+    In the nest of dicts, lists and tuples: a 4-d tensor with the latent's height and width (e.g. an
+    inpainting model's image conditioning) is cropped to each window; an SDXL vector (under `vector`
+    or `y`) gets each window's top-left as its crop coordinates; everything else is kept.
+    """
+    height, width = latent
+
+    def walk(obj: Any, key: object = None) -> Any:
+        if isinstance(obj, torch.Tensor):
+            if obj.dim() == 4 and tuple(obj.shape[-2:]) == (height, width) and obj.shape[0] == rows * len(windows):
+                return torch.cat([obj[k * rows:(k + 1) * rows, :, w.slices[0], w.slices[1]]
+                                  for k, w in enumerate(windows)])
+            if key in VECTOR_KEYS and obj.dim() == 2 and obj.shape[-1] in VECTOR_WIDTHS:
+                return torch.cat([with_crop(obj[k * rows:(k + 1) * rows], w.top * vae_scale, w.left * vae_scale)
+                                  for k, w in enumerate(windows)])
+            return obj
+        if isinstance(obj, dict):
+            return {k: walk(v, k) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(walk(v, key) for v in obj)
+        return obj
+
+    return walk(cond)
