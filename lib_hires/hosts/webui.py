@@ -162,7 +162,8 @@ def finish_job(p: Any) -> None:
 
 def _component(f: Field, elem_id: str, visible: bool, choices: Sequence[str] | None = None) -> Any:
     spec = f.spec
-    common = {"label": spec.label, "value": f.label_of(f.default), "elem_id": elem_id, "visible": visible}
+    label = f"{spec.label} (0 = {spec.zero})" if spec.zero is not None else spec.label
+    common = {"label": label, "value": f.label_of(f.default), "elem_id": elem_id, "visible": visible}
     if spec.choices is not None:
         return gr.Dropdown(choices=list(choices or spec.choice_labels or spec.choices), **common)
     if f.type is bool:

@@ -76,8 +76,15 @@ def test_switching_methods(page: Page) -> None:
     page.choose(method, "None")
     page.wait(lambda: not page.shown("txt2img", "scalecrafter_group"), what="the ScaleCrafter group to hide")
     page.wait(lambda: "Nothing to run" in page.summary("txt2img"), what="the summary for method None")
+    page.choose(method, "FSTD")
+    page.wait(lambda: page.shown("txt2img", "fstd_group") and not page.shown("txt2img", "multidiffusion_group"),
+              what="the FSTD group alone")
+    page.wait(lambda: "FSTD, first pass" in page.summary("txt2img") and "tiles of" in page.summary("txt2img"),
+              what="the FSTD tile grid")
+    page.screenshot("fstd", page.ours("txt2img", "enabled"))
     page.choose(method, "ScaleCrafter")
-    page.wait(lambda: page.shown("txt2img", "scalecrafter_group"), what="the ScaleCrafter group to show")
+    page.wait(lambda: page.shown("txt2img", "scalecrafter_group") and not page.shown("txt2img", "fstd_group"),
+              what="the ScaleCrafter group to show")
     page.wait(lambda: "ScaleCrafter, first pass" in page.summary("txt2img"), what="the ScaleCrafter plan")
 
 
