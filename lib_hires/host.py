@@ -51,11 +51,15 @@ class Host(Protocol):
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent -> image in [-1, 1] (NCHW)."""
 
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """Image in [-1, 1] (NCHW) -> latent (the posterior mean)."""
+    def encode(self, image: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Image in [-1, 1] (NCHW) -> latent: the posterior mean, or with `noise` (unit Gaussian, the
+        latent's shape) the sample `mean + std * noise`."""
 
     def interrupted(self) -> bool:
         """Whether the user asked to stop."""
 
     def progress(self, done: int, total: int) -> None:
         """Report progress of work outside the sampler (e.g. VAE tiles)."""
+
+    def begin_stages(self, steps: Sequence[int]) -> None:
+        """A cascade is about to run stages of these many sampler steps: one progress bar over all."""

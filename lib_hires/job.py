@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .methods import METHODS
-from .methods.base import JobContext, MethodPlan, PassPlan, PassSize, Warn
+from .methods.base import CascadePlan, JobContext, MethodPlan, PassPlan, PassSize, Warn
 from .params import (
     FEATURE_GROUPS, METHOD_GROUPS, WARNING_KEY, General, ParamGroup, Settings, TiledVAEParams, fields, to_infotext,
 )
@@ -35,7 +35,7 @@ class JobPlan:
 
     `method` is the chosen method's plan (None when no method runs), for the UI's locked fields."""
 
-    passes: Mapping[str, PassPlan] = field(default_factory=dict)
+    passes: Mapping[str, PassPlan | CascadePlan] = field(default_factory=dict)
     infotext: Mapping[str, str] = field(default_factory=dict)
     lines: tuple[str, ...] = ()  # what runs, one line per feature and pass
     warnings: tuple[str, ...] = ()
@@ -52,7 +52,14 @@ class JobPlan:
 
     def install(self, pass_name: str, unet: nn.Module, scope: PatchScope, warn: Warn) -> PassHooks:
         """Patch `unet` for one planned sampling pass (undone when `scope` exits); the hooks to sample it with."""
-        return self.passes[pass_name].install(unet, scope, warn)
+        plan = self.passes[pass_name]
+        assert not isinstance(plan, CascadePlan), "a cascade replaces its pass; it is not installed"
+        return plan.install(unet, scope, warn)
+
+    def cascade(self, pass_name: str) -> CascadePlan | None:
+        """The cascade replacing pass `pass_name`, if the plan has one."""
+        plan = self.passes.get(pass_name)
+        return plan if isinstance(plan, CascadePlan) else None
 
 
 def tiled_vae(settings: Settings) -> TiledVAEParams | None:

@@ -603,6 +603,68 @@ class FSTDParams(ParamGroup):
     tile_batch: int = _tile_batch()
 
 
+MAX_REFINE_STAGES = 4
+
+
+def parse_strengths(text: str) -> tuple[float, ...]:
+    """'0.1 0.2' (spaces or commas) -> (0.1, 0.2): each in (0, 1], at most MAX_REFINE_STAGES."""
+    parts = [part for part in re.split(r"[\s,]+", text.strip()) if part]
+    if len(parts) > MAX_REFINE_STAGES:
+        raise ValueError(f"at most {MAX_REFINE_STAGES} strengths, got {len(parts)}")
+    values = []
+    for part in parts:
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"{part!r} is not a number") from None
+        if not (math.isfinite(value) and 0 < value <= 1):
+            raise ValueError(f"strength {part} is not in (0, 1]")
+        values.append(value)
+    return tuple(values)
+
+
+STRENGTHS = Syntax(
+    lambda text: " ".join(repr(v) for v in parse_strengths(text)),
+    f"numbers in (0, 1] separated by spaces, e.g. '0.1 0.2' (at most {MAX_REFINE_STAGES}), or empty for auto")
+
+
+@dataclass(frozen=True)
+class APLDMParams(ParamGroup):
+    """AP-LDM (Cao et al., 2024): attentive base pass, then pixel-space progressive refinement (docs/ap_ldm.md)."""
+
+    KEY = "apldm"
+    TITLE = "AP-LDM"
+
+    preset: str = param(
+        "paper", "Preset",
+        "Where the guidance settings come from. Paper: gamma 0.004 from 6% of the steps to the end, cosine "
+        "decay 3. Official code: the official notebook's gamma 0.005 on steps 6%-38%, no decay. Custom: edit "
+        "them yourself.", choices=("paper", "code", "custom"), choice_labels=("Paper", "Official code", "Custom"))
+    gamma: float = param(
+        0.004, "Guidance scale",
+        "How far each guided step moves the latent toward its parameter-free self-attention (gamma, Eq. 2): "
+        "smoother, more coherent structure; 0 turns the guidance off.", minimum=0.0, maximum=0.1, step=0.001,
+        from_preset=True)
+    delay: float = param(
+        0.06, "Guidance delay", "The share of the base stage's steps, from the noisiest, left unguided (eta1).",
+        minimum=0.0, maximum=1.0, step=0.01, from_preset=True)
+    end: float = param(
+        1.0, "Guidance end", "Where guidance stops, as a share of the base stage's steps (1: the last step).",
+        minimum=0.0, maximum=1.0, step=0.01, from_preset=True)
+    decay: float = param(
+        3.0, "Guidance decay", "Cosine decay of the scale over the guided steps, from gamma to 0 (beta, Eq. 3); "
+        "0: constant.", minimum=0.0, maximum=10.0, step=0.5, from_preset=True)
+    refine: str = param(
+        "", "Refinement strengths",
+        "One pixel-space refinement stage per number, from the base size up to the target (areas in equal "
+        "steps): each number is the share of the schedule the stage re-denoises (eta2; like a denoising "
+        "strength). Empty: by size, the paper's 0.2 up to 2x the base side, 0.2 0.2 up to 3x, 0.1 0.2 above.",
+        syntax=STRENGTHS)
+    encode: str = param(
+        "mean", "Encoder output", "The latent of an upscaled image: the posterior mean (the official code) or a "
+        "sample from it, seeded from the image seed.", choices=("mean", "sample"), choice_labels=("Mean", "Sample"))
+
+
 @dataclass(frozen=True)
 class TiledVAEParams(ParamGroup):
     """Tiled VAE with GroupNorm statistics synchronised over all tiles (docs/tiled_vae.md)."""
@@ -629,7 +691,7 @@ class TiledVAEParams(ParamGroup):
         choices=("off", "on_nan", "always"), choice_labels=("Off", "On NaN", "Always"))
 
 
-METHOD_GROUPS: tuple[type[ParamGroup], ...] = (ScaleCrafterParams, FSTDParams, MultiDiffusionParams)
+METHOD_GROUPS: tuple[type[ParamGroup], ...] = (ScaleCrafterParams, APLDMParams, FSTDParams, MultiDiffusionParams)
 """One group per method (`methods.METHODS` has the same keys), in the order the method menu lists them."""
 FEATURE_GROUPS: tuple[type[ParamGroup], ...] = (TiledVAEParams,)
 """Shared features that work with any method or alone."""
@@ -646,7 +708,8 @@ class General(ParamGroup):
                         choice_labels=("None", *(g.TITLE for g in METHOD_GROUPS)), infotext=NAME)
 
 
-GROUPS: tuple[type[ParamGroup], ...] = (General, ScaleCrafterParams, TiledVAEParams, FSTDParams, MultiDiffusionParams)
+GROUPS: tuple[type[ParamGroup], ...] = (General, ScaleCrafterParams, TiledVAEParams, FSTDParams, MultiDiffusionParams,
+                                        APLDMParams)
 """Every group, in the order of the UI's positional values (what `script-info` lists and the API's positional
 form sends): append-only, so that a new group never moves the values of an older one."""
 

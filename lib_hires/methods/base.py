@@ -14,11 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from torch import nn
-
 from ..params import ParamGroup
-from ..patching import PatchScope
-from ..sampling.hooks import PassHooks
+from ..sampling.driver import Stage
+from ..sampling.hooks import PassPlan
 from ..unet import ModelFamily, UNetMap
 
 Warn = Callable[[str], None]
@@ -78,18 +76,27 @@ def passes_for(apply_to: str, hires: bool) -> tuple[str, ...]:
     }[apply_to]
 
 
-class PassPlan(Protocol):
-    """One planned sampling pass of a method."""
+@dataclass(frozen=True)
+class CascadePlan:
+    """A WebUI pass replaced by a cascade of stages (`sampling.driver`). `from_noise`: the direct entry,
+    which replaces the first pass and samples its first stage from noise; otherwise the hires-fix
+    entry, which replaces the hires pass and starts from the first pass's latent."""
 
-    def install(self, unet: nn.Module, scope: PatchScope, warn: Warn) -> PassHooks:
-        """Patch `unet` for this pass (undone when `scope` exits); the hooks to sample it with."""
+    stages: tuple[Stage, ...]
+    from_noise: bool
+
+    @property
+    def steps(self) -> int:
+        """Sampler steps of the whole cascade."""
+        return sum(stage.runs for stage in self.stages)
 
 
 @dataclass(frozen=True)
 class MethodPlan:
     """What a method does in one job.
 
-    `passes` maps a pass name ("first", "hires") to its plan; a pass it leaves alone is absent.
+    `passes` maps a pass name ("first", "hires") to its plan, hooks for the WebUI's own sampling of it
+    (`PassPlan`) or a cascade that replaces it (`CascadePlan`); a pass it leaves alone is absent.
     `resolved` is its parameter group with every preset-controlled value replaced by what the plan
     uses (the infotext writes it; the UI shows it in the locked fields); `notes` are further
     infotext entries of the method (label -> text, e.g. where its setting came from). `lines` is one
@@ -97,7 +104,7 @@ class MethodPlan:
     given API keys the plan had no use for, with the reason.
     """
 
-    passes: Mapping[str, PassPlan]
+    passes: Mapping[str, PassPlan | CascadePlan]
     resolved: ParamGroup
     notes: Mapping[str, str] = field(default_factory=dict)
     lines: tuple[str, ...] = ()

@@ -19,7 +19,9 @@ import torch
 from .windows import Window
 
 EMBED = 256  # channels per embedded number
-CROP_SLICE = slice(1280 + 2 * EMBED, 1280 + 4 * EMBED)  # after the pooled text and original_size
+ORIGINAL_SLICE = slice(1280, 1280 + 2 * EMBED)  # after the pooled text
+CROP_SLICE = slice(1280 + 2 * EMBED, 1280 + 4 * EMBED)  # after original_size
+TARGET_SLICE = slice(1280 + 4 * EMBED, 1280 + 6 * EMBED)  # SDXL base only
 VECTOR_WIDTHS = (2816, 2560)  # SDXL base, SDXL refiner
 VECTOR_KEYS = ("vector", "y")  # A1111, Forge
 
@@ -38,6 +40,28 @@ def with_crop(vector: torch.Tensor, top: int, left: int) -> torch.Tensor:
     out = vector.clone()
     out[:, CROP_SLICE] = embed_numbers([top, left]).to(out)
     return out
+
+
+def with_sizes(cond: Any, height: int, width: int) -> Any:
+    """SDXL base conditioning with `original_size` and `target_size` both (height, width) pixels (the size
+    conditioning AP-LDM gives each stage); crop coordinates and everything else kept. Conditioning
+    without an SDXL base vector is returned as it is."""
+    def walk(obj: Any, key: object = None) -> Any:
+        if isinstance(obj, torch.Tensor):
+            if key in VECTOR_KEYS and obj.dim() == 2 and obj.shape[-1] == VECTOR_WIDTHS[0]:
+                out = obj.clone()
+                sizes = embed_numbers([height, width]).to(out)
+                out[:, ORIGINAL_SLICE] = sizes
+                out[:, TARGET_SLICE] = sizes
+                return out
+            return obj
+        if isinstance(obj, dict):
+            return {k: walk(v, k) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(walk(v, key) for v in obj)
+        return obj
+
+    return walk(cond)
 
 
 def window_cond(cond: Any, windows: Sequence[Window], rows: int, latent: tuple[int, int], vae_scale: int = 8) -> Any:

@@ -1,60 +1,105 @@
-"""The stage driver: runs a cascade of sampling stages on a host, as hires fix does.
+"""The stage driver: runs a cascade of sampling stages on a host, inside one WebUI pass.
 
-Stage 0 samples from noise at its size over the whole schedule. Every later stage upscales the
-previous result in latent space, re-noises it to `sigmas[start]` with fresh seeded noise
-(`x0 + sigma * eps`, the k-diffusion form of the official pipelines' `add_noise`; methods/README.md
-§5) and samples the rest of the same schedule. Each stage may bring its own hooks.
+A cascade replaces one WebUI pass (DESIGN.md, "Sampling"). Its first stage either samples from noise
+over a whole schedule (the *direct* entry: the user typed the target size) or continues from a latent
+the host already has (the *hires-fix* entry: the first pass's result). Every stage after that upscales
+the previous result, re-noises it to `sigmas[start]` of its own `steps`-step schedule with fresh
+seeded noise (`x0 + sigma eps`, the k-diffusion form of the official pipelines' `add_noise`;
+methods/README.md §5) and samples the rest of that schedule with its plan's hooks.
+
+Upscaling between stages (`Stage.upscale`):
+* `latent`: bicubic in latent space (align_corners=False, as DemoFusion);
+* `rgb`: decode, bicubic in pixel space, clamp to [-1, 1], encode with the posterior mean (AP-LDM) or
+  a sample seeded from the image seed (`Stage.encode`, FreeScale).
+
+The host's progress bar covers all stages: the driver announces every stage's step count first.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..host import Host
+from ..patching import PatchScope
 from .hooks import PassHooks
+
+ENCODE_NOISE = 1000  # noise stream of stage k's encoder sample: ENCODE_NOISE + k (re-noise: stream k)
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage: its latent size (height, width), the schedule index it starts at, its hooks."""
+    """One stage: its latent size (height, width), the length of its schedule and the index it starts
+    at, how it gets there from the previous stage, and what it patches and hooks (`methods.base.PassPlan`;
+    None: the unmodified model)."""
 
     size: tuple[int, int]
+    steps: int
     start: int = 0
-    hooks: PassHooks = field(default_factory=PassHooks)
-    upscale: str = "bicubic"  # latent interpolation from the previous stage
+    plan: object | None = None  # a PassPlan: install(unet, scope, warn) -> PassHooks
+    upscale: str = "latent"  # "latent" or "rgb"
+    encode: str = "mean"  # rgb only: "mean" or "sample"
+
+    @property
+    def runs(self) -> int:
+        """Sampler steps this stage runs."""
+        return self.steps - self.start
 
 
-def upscale_latent(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """Resize a latent to `size` (align_corners=False, as DemoFusion's latent upsampling)."""
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize to `size` (align_corners=False), computed in float32; identity at the same size."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=size, mode=mode, align_corners=False if mode in ("bilinear", "bicubic") else None)
+    return F.interpolate(x.float(), size=size, mode="bicubic", align_corners=False).to(x.dtype)
 
 
-def run_stages(host: Host, stages: Sequence[Stage], sigmas: torch.Tensor, channels: int = 4) -> torch.Tensor:
-    """Run `stages` in order and return the last stage's latent.
+def upscale(host: Host, latent: torch.Tensor, stage: Stage, index: int) -> torch.Tensor:
+    """The previous stage's latent at this stage's size (the clean x0 the stage re-noises)."""
+    if stage.upscale == "latent":
+        return resize(latent, stage.size)
+    image = host.decode(latent)
+    image = resize(image, (stage.size[0] * 8, stage.size[1] * 8)).clamp(-1, 1)
+    noise = host.noise((image.shape[0], latent.shape[1], *stage.size), ENCODE_NOISE + index) \
+        if stage.encode == "sample" else None
+    return host.encode(image, noise)
 
-    Stops after the current stage (returning its result) when the host reports an interrupt.
+
+Warn = Callable[[str], None]
+
+
+def run_stages(host: Host, stages: Sequence[Stage], latent: torch.Tensor | None = None,
+               warn: Warn = lambda text: None, channels: int = 4) -> torch.Tensor:
+    """Run `stages` in order and return the last stage's latent. Without `latent` the first stage
+    samples from noise (it must start at index 0); with it, every stage starts from the previous latent.
+
+    After a stage that the user interrupted (or skipped) the driver stops and returns that stage's
+    latent. Every stage's patches are undone when it ends, also on errors.
     """
     if not stages:
         raise ValueError("run_stages needs at least one stage")
-    if stages[0].start != 0:
-        raise ValueError("the first stage starts from noise, at schedule index 0")
-    last = sigmas.numel() - 1
-    x = torch.empty(0)
     for index, stage in enumerate(stages):
-        if not 0 <= stage.start < last:
-            raise ValueError(f"stage {index} starts at schedule index {stage.start}; allowed: 0 to {last - 1}")
+        if not 0 <= stage.start < stage.steps:
+            raise ValueError(f"stage {index} starts at schedule index {stage.start}; allowed: 0 to {stage.steps - 1}")
+    if latent is None and stages[0].start != 0:
+        raise ValueError("a cascade from noise starts at schedule index 0")
+    if latent is None and stages[0].upscale != "latent":
+        raise ValueError("a cascade from noise has nothing to upscale in its first stage")
+    host.begin_stages([stage.runs for stage in stages])
+    x = latent
+    for index, stage in enumerate(stages):
+        sigmas = host.sigmas(stage.steps)
         shape = (host.batch_size, channels, *stage.size)
-        if index == 0:
-            x = host.noise(shape, stage=0) * sigmas[0]
+        if x is None:
+            start = host.noise(shape, 0) * sigmas[0]
         else:
-            x = upscale_latent(x, stage.size, stage.upscale)
-            x = x + host.noise(shape, stage=index).to(x) * sigmas[stage.start]
-        x = host.sample(x, sigmas[stage.start:], stage.hooks, stage=index)
+            start = upscale(host, x, stage, index)
+            start = start + host.noise(shape, index).to(start) * sigmas[stage.start]
+        with PatchScope() as scope:
+            hooks = stage.plan.install(host.unet, scope, warn) if stage.plan is not None else PassHooks()
+            x = host.sample(start, sigmas[stage.start:], hooks, index)
         if host.interrupted():
             break
+    assert x is not None
     return x

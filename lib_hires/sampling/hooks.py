@@ -6,7 +6,8 @@ Two levels of the host's model stack are hooked (DESIGN.md, "Sampling"):
   CFG inside. k-diffusion samplers call it on their own state tensor at the start of every step, so a
   step hook that changes `x` in place there changes the sampler's state before the step is taken
   (Euler, Euler a, DPM++ 2M and 2M SDE use that same `x` for their update; second-order samplers'
-  intermediate evaluations belong to the same step and run no step hook).
+  intermediate evaluations belong to the same step and run no step hook). Step hooks run once more
+  on the sampler's result, with `Step(count, count)`.
 * The batched *model call* below the host's CFG: cond and uncond rows together, returning the
   denoised prediction per row. Call hooks wrap it, outermost first; each gets the call and the rest
   of the chain (`call_next`). `Rows` says which image each row belongs to and whether it is an
@@ -21,11 +22,16 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from .steps import Step, locate_step
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..patching import PatchScope
 
 StepHook = Callable[[torch.Tensor, Step], None]  # changes the sampler's latent in place
 
@@ -82,6 +88,23 @@ class PassHooks:
     call_hooks: tuple[CallHook, ...] = ()
 
 
+class PassPlan(Protocol):
+    """One planned sampling pass (or cascade stage) of a method."""
+
+    def install(self, unet: nn.Module, scope: PatchScope, warn: Callable[[str], None]) -> PassHooks:
+        """Patch `unet` for this pass (undone when `scope` exits); the hooks to sample it with."""
+
+
+@dataclass(frozen=True)
+class FixedHooks:
+    """A `PassPlan` that patches nothing and samples with the same hooks every time."""
+
+    hooks: PassHooks = PassHooks()
+
+    def install(self, unet: nn.Module, scope: PatchScope, warn: Callable[[str], None]) -> PassHooks:
+        return self.hooks
+
+
 class SamplingPass:
     """One run of the sampler over `schedule` (decreasing), with hooks and the current step."""
 
@@ -96,13 +119,19 @@ class SamplingPass:
 
     def enter(self, x: torch.Tensor, value: float) -> Step:
         """Called by the denoiser wrapper for every evaluation: sets the current step, and runs the step
-        hooks on the sampler's `x` (in place) at the first evaluation of a new step."""
+        hooks on the sampler's `x` (in place) at the first evaluation of a new step (so a hook acting
+        "after step i" acts at the start of step i + 1; see `finish` for the last one)."""
         step = Step(locate_step(self.schedule, value), self.count)
         if self.step is None or step.index > self.step.index:
             for hook in self.hooks.step_hooks:
                 hook(x, step)
         self.step = step
         return step
+
+    def finish(self, x: torch.Tensor) -> None:
+        """Runs the step hooks once more on the sampler's result, with `Step(count, count)`."""
+        for hook in self.hooks.step_hooks:
+            hook(x, Step(self.count, self.count))
 
     def call(self, call: ModelCall, base: CallNext) -> torch.Tensor:
         """Run a batched model call through the call hooks, ending in the host's own call `base`."""
@@ -170,7 +199,9 @@ def hooked_sampler(sampler: SamplerFn, hooks: PassHooks, slot: PassSlot, schedul
         schedule = torch.as_tensor(kwargs[schedule_arg] if schedule_arg in kwargs else args[0]).flatten()
         sampling_pass = SamplingPass(schedule.sort(descending=True).values, hooks)
         with slot.holding(sampling_pass):
-            return sampler(sampling_pass.denoiser(model), x, *args, **kwargs)
+            result = sampler(sampling_pass.denoiser(model), x, *args, **kwargs)
+            sampling_pass.finish(result)
+            return result
 
     return run
 

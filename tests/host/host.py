@@ -113,6 +113,8 @@ class TestHost:
         self.uncond = self.conditioning(job.negative)
         self.interrupt = False
         self.progress_log: list[tuple[int, int]] = []
+        self.stage_steps: list[int] = []
+        self.stage_inputs: list[tuple[tuple[int, ...], int]] = []  # (latent shape, schedule length) per stage
 
     # --- model ---
     @property
@@ -188,6 +190,7 @@ class TestHost:
 
     @torch.no_grad()
     def sample(self, x: torch.Tensor, sigmas: torch.Tensor, hooks: PassHooks, stage: int) -> torch.Tensor:
+        self.stage_inputs.append((tuple(x.shape), sigmas.numel()))
         sampler = hooked_sampler(SAMPLERS[self.job.sampler], hooks, self.slot)
         return sampler(self.cfg_denoiser, x, sigmas, extra_args=self._extra_args(), **self._sampler_kwargs(x, stage))
 
@@ -220,11 +223,17 @@ class TestHost:
         return self.models.decoder(latent / VAE_SCALE)
 
     @torch.no_grad()
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        return self.models.encoder(image)[:, :4] * VAE_SCALE
+    def encode(self, image: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        moments = self.models.encoder(image)
+        mean, logvar = moments[:, :4], moments[:, 4:]
+        latent = mean if noise is None else mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * noise
+        return latent * VAE_SCALE
 
     def interrupted(self) -> bool:
         return self.interrupt
 
     def progress(self, done: int, total: int) -> None:
         self.progress_log.append((done, total))
+
+    def begin_stages(self, steps: Sequence[int]) -> None:
+        self.stage_steps = list(steps)

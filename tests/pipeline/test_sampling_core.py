@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lib_hires.sampling.driver import Stage, run_stages
-from lib_hires.sampling.hooks import ModelCall, PassHooks
+from lib_hires.sampling.hooks import FixedHooks, ModelCall, PassHooks
 from lib_hires.sampling.steps import Step
 from tests.host.host import Job, Models, TestHost
 from tests.host.samplers import SAMPLERS
@@ -31,7 +31,7 @@ class CountCalls:
 def test_one_stage_driver_equals_plain_sampler(sd1: Models, sampler: str) -> None:
     host = TestHost(sd1, Job(sampler=sampler, steps=4, width=128, height=128))
     sigmas = host.sigmas(4)
-    driven = run_stages(host, [Stage((16, 16))], sigmas)
+    driven = run_stages(host, [Stage((16, 16), 4)])
     plain = host.sample_plain(host.noise((1, 4, 16, 16), stage=0) * sigmas[0], sigmas, stage=0)
     assert driven.shape == (1, 4, 16, 16)
     assert (driven - plain).abs().max().item() <= 1e-6
@@ -42,47 +42,46 @@ def test_one_stage_driver_equals_plain_sampler(sd1: Models, sampler: str) -> Non
 def test_two_stage_shapes_calls_and_determinism(models: Models, sampler: str) -> None:
     steps, start = 6, 3
     host = TestHost(models, Job(sampler=sampler, steps=steps, batch_size=2))
-    sigmas = host.sigmas(steps)
-    stages = [Stage((8, 8)), Stage((16, 16), start=start)]
+    stages = [Stage((8, 8), steps), Stage((16, 16), steps, start=start)]
     with CountCalls(models.unet) as calls:
-        first = run_stages(host, stages, sigmas)
+        first = run_stages(host, stages)
     assert first.shape == (2, 4, 16, 16)
     # one batched cond+uncond call per step: all steps in stage 1, the rest from `start` in stage 2
     assert calls.batches == [4] * (steps + steps - start)
-    second = run_stages(TestHost(models, Job(sampler=sampler, steps=steps, batch_size=2)), stages, sigmas)
+    second = run_stages(TestHost(models, Job(sampler=sampler, steps=steps, batch_size=2)), stages)
     assert torch.equal(first, second)
-    other_seed = run_stages(TestHost(models, Job(sampler=sampler, steps=steps, batch_size=2, seed=7)), stages, sigmas)
+    other_seed = run_stages(TestHost(models, Job(sampler=sampler, steps=steps, batch_size=2, seed=7)), stages)
     assert not torch.allclose(first, other_seed)
     assert not torch.allclose(first[0], first[1]), "each image of a batch has its own seed"
 
 
 def test_stage_validation(sd1: Models) -> None:
     host = TestHost(sd1)
-    sigmas = host.sigmas(4)
-    with pytest.raises(ValueError, match="first stage"):
-        run_stages(host, [Stage((16, 16), start=1)], sigmas)
+    with pytest.raises(ValueError, match="from noise starts at schedule index 0"):
+        run_stages(host, [Stage((16, 16), 4, start=1)])
     with pytest.raises(ValueError, match="allowed: 0 to 3"):
-        run_stages(host, [Stage((8, 8)), Stage((16, 16), start=4)], sigmas)
+        run_stages(host, [Stage((8, 8), 4), Stage((16, 16), 4, start=4)])
+    with pytest.raises(ValueError, match="nothing to upscale"):
+        run_stages(host, [Stage((16, 16), 4, upscale="rgb")])
 
 
 def test_interrupt_stops_after_the_current_stage(sd1: Models) -> None:
     host = TestHost(sd1, Job(steps=3))
     host.interrupt = True
-    out = run_stages(host, [Stage((8, 8)), Stage((16, 16), start=1)], host.sigmas(3))
+    out = run_stages(host, [Stage((8, 8), 3), Stage((16, 16), 3, start=1)])
     assert out.shape == (1, 4, 8, 8)
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_step_hooks_run_once_per_step_on_the_sampler_state(sd1: Models, sampler: str) -> None:
     host = TestHost(sd1, Job(sampler=sampler, steps=5))
-    sigmas = host.sigmas(5)
     seen: list[Step] = []
 
     def record(x: torch.Tensor, step: Step) -> None:
         seen.append(step)
 
-    run_stages(host, [Stage((16, 16), hooks=PassHooks(step_hooks=(record,)))], sigmas)
-    assert seen == [Step(i, 5) for i in range(5)]
+    run_stages(host, [Stage((16, 16), 5, plan=FixedHooks(PassHooks(step_hooks=(record,))))])
+    assert seen == [Step(i, 5) for i in range(5)] + [Step(5, 5)], "once per step, then on the result"
 
     # a step hook that zeroes the latent before the last step changes the result: it acts on the
     # sampler's own state, not on a copy
@@ -90,8 +89,8 @@ def test_step_hooks_run_once_per_step_on_the_sampler_state(sd1: Models, sampler:
         if step.index == 4:
             x.zero_()
 
-    plain = run_stages(host, [Stage((16, 16))], sigmas)
-    zeroed = run_stages(host, [Stage((16, 16), hooks=PassHooks(step_hooks=(zero_last,)))], sigmas)
+    plain = run_stages(host, [Stage((16, 16), 5)])
+    zeroed = run_stages(host, [Stage((16, 16), 5, plan=FixedHooks(PassHooks(step_hooks=(zero_last,))))])
     assert not torch.allclose(plain, zeroed)
 
 
@@ -114,9 +113,8 @@ def test_call_hooks_see_rows_steps_and_compose(sd1: Models) -> None:
         out[unc] = call_next(call.subset(unc))
         return out
 
-    sigmas = host.sigmas(3)
-    plain = run_stages(host, [Stage((16, 16))], sigmas)
-    hooked = run_stages(host, [Stage((16, 16), hooks=PassHooks(call_hooks=(outer, inner)))], sigmas)
+    plain = run_stages(host, [Stage((16, 16), 3)])
+    hooked = run_stages(host, [Stage((16, 16), 3, plan=FixedHooks(PassHooks(call_hooks=(outer, inner))))])
     # splitting a batch changes float summation order only
     assert (plain - hooked).abs().max() <= 1e-5 * plain.abs().max()
     assert order == ["outer", "inner"] * 3
@@ -132,5 +130,5 @@ def test_slot_is_cleared_when_sampling_raises(sd1: Models) -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        run_stages(host, [Stage((16, 16), hooks=PassHooks(call_hooks=(boom,)))], host.sigmas(3))
+        run_stages(host, [Stage((16, 16), 3, plan=FixedHooks(PassHooks(call_hooks=(boom,))))])
     assert host.slot.current is None

@@ -12,6 +12,7 @@ from lib_hires.methods.scalecrafter import ScaleCrafterPass, bind, resolve
 from lib_hires.params import GROUPS, ScaleCrafterParams, Settings, validate_api_dict
 from lib_hires.patching import PatchScope
 from lib_hires.sampling.driver import Stage, run_stages
+from lib_hires.sampling.hooks import FixedHooks
 from lib_hires.sampling.hooks import ModelCall, PassHooks, SamplingPass
 from lib_hires.unet import map_unet
 from tests.host.host import Job, Models, TestHost
@@ -31,8 +32,8 @@ def run_job(host: TestHost, job_settings: Settings, extra: PassHooks = PassHooks
     with PatchScope() as scope:
         hooks = plan.install("first", host.unet, scope, warn) if "first" in plan.passes else PassHooks()
         hooks = PassHooks(hooks.step_hooks + extra.step_hooks, hooks.call_hooks + extra.call_hooks)
-        return run_stages(host, [Stage((host.job.height // 8, host.job.width // 8), hooks=hooks)],
-                          host.sigmas(host.job.steps))
+        size = (host.job.height // 8, host.job.width // 8)
+        return run_stages(host, [Stage(size, host.job.steps, plan=FixedHooks(hooks))])
 
 
 class DilationSpy:
@@ -148,7 +149,7 @@ def test_noise_damped_cfg_equals_the_formula_through_the_hosts_cfg(sd1: Models) 
 def test_unet_identical_after_a_job_that_raised(models: Models) -> None:
     host = TestHost(models, Job(steps=4, width=128, height=128))
     before = module_state(models.unet)
-    plain_before = run_stages(host, [Stage((16, 16))], host.sigmas(4))
+    plain_before = run_stages(host, [Stage((16, 16), 4)])
 
     def fail_at_step_2(call: ModelCall, call_next) -> torch.Tensor:  # type: ignore[no-untyped-def]
         if call.step.index == 2:
@@ -161,12 +162,12 @@ def test_unet_identical_after_a_job_that_raised(models: Models) -> None:
                 extra=PassHooks(call_hooks=(fail_at_step_2,)))
     assert module_state(models.unet) == before
     assert host.slot.current is None
-    assert torch.equal(run_stages(host, [Stage((16, 16))], host.sigmas(4)), plain_before)
+    assert torch.equal(run_stages(host, [Stage((16, 16), 4)]), plain_before)
 
 
 def test_disabled_is_bit_identical_and_enabled_changes_the_image(sd1: Models) -> None:
     host = TestHost(sd1, Job(steps=4, width=128, height=128))
-    plain = run_stages(host, [Stage((16, 16))], host.sigmas(4))
+    plain = run_stages(host, [Stage((16, 16), 4)])
     assert torch.equal(run_job(host, settings(enabled=False)), plain)
     assert torch.equal(run_job(host, settings(method="none")), plain)
     assert torch.equal(run_job(host, settings()), plain)  # Auto below the native 512 px: untouched

@@ -14,6 +14,7 @@ from lib_hires.ops.windows import Window, offset_grid
 from lib_hires.params import GROUPS, Settings, validate_api_dict
 from lib_hires.patching import PatchScope
 from lib_hires.sampling.driver import Stage, run_stages
+from lib_hires.sampling.hooks import FixedHooks
 from lib_hires.sampling.hooks import ModelCall, PassHooks, Rows
 from lib_hires.sampling.steps import Step
 from lib_hires.sampling.tiled import TiledEvaluation, TiledPlan
@@ -49,15 +50,15 @@ def run_job(host: TestHost, job_settings: Settings, spy: Callable[[Step, Sequenc
                 tiled = replace(tiled, windows_for=windows_for)
             hooks = tiled.install(host.unet, scope, lambda text: None)
         hooks = PassHooks(hooks.step_hooks + extra.step_hooks, extra.call_hooks + hooks.call_hooks)
-        return run_stages(host, [Stage((host.job.height // 8, host.job.width // 8), hooks=hooks)],
-                          host.sigmas(host.job.steps))
+        size = (host.job.height // 8, host.job.width // 8)
+        return run_stages(host, [Stage(size, host.job.steps, plan=FixedHooks(hooks))])
 
 
 @pytest.mark.parametrize("method", TILED)
 @pytest.mark.parametrize("sampler", ["Euler", "Euler a", "DPM++ 2M", "DPM++ 2M SDE"])
 def test_one_tile_over_the_whole_latent_is_the_plain_pass(models: Models, method: str, sampler: str) -> None:
     host = TestHost(models, Job(sampler=sampler, steps=4, width=128, height=128))
-    plain = run_stages(host, [Stage((16, 16))], host.sigmas(4))
+    plain = run_stages(host, [Stage((16, 16), 4)])
     tiled = run_job(host, settings(method, **{f"{method}_tile_size": 16, f"{method}_apply_to": "first"}))
     assert (tiled - plain).abs().max().item() <= 1e-6
 
@@ -161,7 +162,7 @@ def test_same_seed_same_image_and_restore_after_an_exception(models: Models, met
     tiled = settings(method, **{f"{method}_tile_size": 16})
     first = run_job(TestHost(models, job), tiled)
     assert torch.equal(first, run_job(TestHost(models, job), tiled))
-    plain = run_stages(TestHost(models, job), [Stage((16, 32))], TestHost(models, job).sigmas(3))
+    plain = run_stages(TestHost(models, job), [Stage((16, 32), 3)])
     assert not torch.allclose(first, plain)
 
     before = module_state(models.unet)
@@ -175,11 +176,11 @@ def test_same_seed_same_image_and_restore_after_an_exception(models: Models, met
     with pytest.raises(KeyboardInterrupt):
         run_job(host, tiled, extra=PassHooks(call_hooks=(fail_at_step_2,)))
     assert module_state(models.unet) == before and host.slot.current is None
-    assert torch.equal(run_stages(host, [Stage((16, 32))], host.sigmas(3)), plain)
+    assert torch.equal(run_stages(host, [Stage((16, 32), 3)]), plain)
 
 
 def test_disabled_is_bit_identical(sd1: Models) -> None:
     host = TestHost(sd1, Job(steps=3, width=256, height=128))
-    plain = run_stages(host, [Stage((16, 32))], host.sigmas(3))
+    plain = run_stages(host, [Stage((16, 32), 3)])
     for off in (settings("fstd", enabled=False), settings("none")):
         assert torch.equal(run_job(host, off), plain)

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from lib_hires.api import request_problem, settings_from_args
 from lib_hires.params import (
-    BLOCK_FACTORS, BLOCK_LIST, GROUPS, INFOTEXT_VERSION, MAX_DILATION, VERSION_KEY, Field, ParamError, Settings,
-    all_fields, format_infotext, from_infotext, parse_infotext, to_api_dict, to_infotext, validate_api_dict,
+    BLOCK_FACTORS, BLOCK_LIST, GROUPS, INFOTEXT_VERSION, MAX_DILATION, MAX_REFINE_STAGES, STRENGTHS, VERSION_KEY,
+    Field, ParamError, Settings, all_fields, format_infotext, from_infotext, parse_infotext, to_api_dict, to_infotext, validate_api_dict,
 )
 from lib_hires.unet import ALL_BLOCKS, SAMPLER_BLOCKS
 
@@ -67,6 +67,13 @@ BAD_BLOCK_TEXT = st.sampled_from([
     "DB2.sampler=4 DB2=3", "DB3.sampler=2", "MB.attn=2", "UB9=2", "db2=2",
 ])
 BAD_BLOCK_LIST = st.sampled_from(["DB4", "DB2 DB2", "DB2=2", "DB3.sampler", "MB.attn", "DB2.sampler DB2", "db2"])
+BAD_STRENGTHS = st.sampled_from(["0", "-0.1", "1.5", "nan", "inf", "0.2 x", "0.1;0.2", " ".join(["0.2"] * (MAX_REFINE_STAGES + 1))])
+
+
+@st.composite
+def strengths_text(draw: st.DrawFn) -> str:
+    values = draw(st.lists(st.floats(0.001, 1.0), max_size=MAX_REFINE_STAGES))
+    return draw(st.sampled_from([" ", ", ", ","])).join(repr(v) for v in values)
 
 
 # --- values per field -----------------------------------------------------------------------------
@@ -83,6 +90,8 @@ def valid_values(f: Field, positional: bool = False) -> st.SearchStrategy[Any]:
         return block_factor_text()
     if spec.syntax is BLOCK_LIST:
         return block_list_text()
+    if spec.syntax is STRENGTHS:
+        return strengths_text()
     assert spec.minimum is not None and spec.maximum is not None, f"no strategy for {f.api_key}"
     if f.type is int:
         values = st.integers(int(spec.minimum), int(spec.maximum))
@@ -102,7 +111,7 @@ def invalid_values(f: Field) -> st.SearchStrategy[Any]:
     if f.type is bool:
         return st.one_of(st.integers(0, 1), st.sampled_from(["true", "False", None]))
     if f.type is str:
-        bad_text = BAD_BLOCK_LIST if spec.syntax is BLOCK_LIST else BAD_BLOCK_TEXT
+        bad_text = {BLOCK_LIST: BAD_BLOCK_LIST, STRENGTHS: BAD_STRENGTHS}.get(spec.syntax, BAD_BLOCK_TEXT)
         return st.one_of(bad_text, st.integers(), st.none(), st.booleans())
     assert spec.minimum is not None and spec.maximum is not None
     below, above = spec.minimum - 1, spec.maximum + 1
