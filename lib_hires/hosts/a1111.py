@@ -86,13 +86,10 @@ class _TrackLayout:
         return getattr(self._model, name)
 
 
-def before_sampling(p: Any, plan: JobPlan, slot: PassSlot, warn: Callable[[str], None]) -> None:
-    """Hook the pass about to sample (`process_before_every_sampling`), if the plan has it."""
-    pass_name = "hires" if getattr(p, "is_hr_pass", False) else "first"
-    if pass_name not in plan.passes:
-        return
+def model_calls(p: Any, sampler: Any, slot: PassSlot, scope: PatchScope) -> Callable[[Any], Any]:
+    """Route the sampler's batched model calls through `slot` until `scope` exits (the inner model's
+    forward is wrapped); returns the wrapper for the CFG denoiser, which learns each call's layout."""
     layout = CfgLayout()
-    inner = p.sampler.model_wrap_cfg.inner_model
 
     def model_call(original: Callable[..., torch.Tensor], x: torch.Tensor, sigma: torch.Tensor,
                    **kwargs: Any) -> torch.Tensor:
@@ -104,11 +101,32 @@ def before_sampling(p: Any, plan: JobPlan, slot: PassSlot, warn: Callable[[str],
                          take_cond=lambda cond, idx: take_rows(cond, idx, rows))
         return current.call(call, lambda c: original(c.x, c.sigma, **{**kwargs, "cond": c.cond}))
 
-    def patch_model_calls(scope: PatchScope) -> None:
-        scope.wrap_forward(inner, model_call)
+    scope.wrap_forward(sampler.model_wrap_cfg.inner_model, model_call)
+    return lambda model: _TrackLayout(model, layout)
 
-    wrap_pass_sampler(p.sampler, plan, pass_name, unet_of(p.sd_model), slot, warn,
-                      extra_patches=patch_model_calls, wrap_model=lambda model: _TrackLayout(model, layout))
+
+def before_sampling(p: Any, plan: JobPlan, slot: PassSlot, warn: Callable[[str], None]) -> None:
+    """Hook the pass about to sample (`process_before_every_sampling`) with the plan's hooks."""
+    pass_name = "hires" if getattr(p, "is_hr_pass", False) else "first"
+    sampler = p.sampler
+    wrap_pass_sampler(sampler, plan, pass_name, unet_of(p.sd_model), slot, warn,
+                      model_calls=lambda scope: model_calls(p, sampler, slot, scope))
+
+
+def encode(p: Any, image: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    """Image in [-1, 1] -> latent from the VAE's posterior: its mean, or mean + std * noise (LDM's
+    `encode_first_stage` would draw an unseeded sample). Runs the encoder modules themselves, so the
+    tiled VAE applies when it is on."""
+    from modules import devices
+
+    model = p.sd_model
+    vae = model.first_stage_model
+    moments = vae.encoder(image.to(devices.device, devices.dtype_vae))
+    if getattr(vae, "quant_conv", None) is not None:
+        moments = vae.quant_conv(moments)
+    mean, logvar = moments.float().chunk(2, dim=1)
+    z = mean if noise is None else mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * noise.to(mean)
+    return model.scale_factor * z
 
 
 def use_vae_tiling(p: Any, tiling: VaeTiling, scope: PatchScope) -> None:

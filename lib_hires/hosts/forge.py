@@ -122,16 +122,48 @@ def unet_wrapper(slot: PassSlot, previous: UnetWrapper | None) -> UnetWrapper:
     return wrapper
 
 
-def before_sampling(p: Any, plan: JobPlan, slot: PassSlot, warn: Callable[[str], None]) -> None:
-    """Hook the pass about to sample (`process_before_every_sampling`), if the plan has it."""
-    pass_name = "hires" if getattr(p, "is_hr_pass", False) else "first"
-    if pass_name not in plan.passes:
-        return
+def _wrapped_unet(p: Any, slot: PassSlot) -> Any:
+    """A clone of the pass's `UnetPatcher` whose model calls go through `slot`."""
     patcher = p.sd_model.forge_objects.unet.clone()
     previous = patcher.model_options.get("model_function_wrapper")
     patcher.set_model_unet_function_wrapper(unet_wrapper(slot, previous))
+    return patcher
+
+
+def model_calls(p: Any, sampler: Any, slot: PassSlot, scope: PatchScope) -> Callable[[Any], Any]:
+    """Route a cascade stage's model calls through `slot`: our clone of the UNet patcher is the pass's
+    until `scope` exits. The denoiser needs no wrapper (Forge's wrapper sees the layout)."""
+    scope.set_attr(p.sd_model.forge_objects, "unet", _wrapped_unet(p, slot))
+    return lambda model: model
+
+
+def before_sampling(p: Any, plan: JobPlan, slot: PassSlot, warn: Callable[[str], None]) -> None:
+    """Hook the pass about to sample (`process_before_every_sampling`) with the plan's hooks. Forge
+    replaces `forge_objects` before every pass, so the clone needs no undoing."""
+    pass_name = "hires" if getattr(p, "is_hr_pass", False) else "first"
+    patcher = _wrapped_unet(p, slot)
     p.sd_model.forge_objects.unet = patcher
     wrap_pass_sampler(p.sampler, plan, pass_name, patcher.model.diffusion_model, slot, warn)
+
+
+def encode(p: Any, image: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    """Image in [-1, 1] -> latent from the VAE's posterior: its mean, or mean + std * noise (Forge's own
+    encode draws an unseeded sample), through a clone of the pass's VAE (the tiled VAE's, when on)."""
+    vae = p.sd_model.forge_objects.vae.clone()
+    taken = 0
+
+    def regulation(posterior: Any) -> torch.Tensor:
+        nonlocal taken
+        if noise is None:
+            return posterior.mean
+        rows = posterior.mean.shape[0]
+        part = noise[taken:taken + rows].to(posterior.mean)
+        taken += rows
+        return posterior.mean + posterior.std * part
+
+    vae.patcher.model_options["model_vae_regulation"] = regulation
+    latent = vae.encode(image.movedim(1, -1) * 0.5 + 0.5)
+    return vae.first_stage_model.process_in(latent).float()
 
 
 TILING_MARK = "hires_methods_tiling"

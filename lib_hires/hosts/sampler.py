@@ -26,12 +26,12 @@ MARK = "_hires_methods_pass"  # set on our wrapper so a second call for the same
 
 def wrap_pass_sampler(sampler: Any, plan: JobPlan, pass_name: str, unet: nn.Module, slot: PassSlot,
                       warn: Callable[[str], None],
-                      extra_patches: Callable[[PatchScope], None] = lambda scope: None,
-                      wrap_model: Callable[[Any], Any] = lambda model: model) -> None:
+                      model_calls: Callable[[PatchScope], Callable[[Any], Any]] = lambda scope: lambda model: model,
+                      ) -> None:
     """Replace `sampler.func` for one pass (idempotent: Forge calls the pass hook twice).
 
-    `extra_patches` adds the adapter's own scoped patches (A1111: the model-call wrapper), and
-    `wrap_model` wraps the CFG denoiser the sampler gets (A1111: to learn the batch layout).
+    `model_calls` adds the adapter's own scoped patches (A1111: the model-call wrapper) and returns the
+    wrapper of the CFG denoiser the sampler gets (A1111: to learn the batch layout).
     """
     original = sampler.func
     if getattr(original, MARK, False):
@@ -43,7 +43,7 @@ def wrap_pass_sampler(sampler: Any, plan: JobPlan, pass_name: str, unet: nn.Modu
     def run(model: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         with PatchScope() as scope:
             hooks = plan.install(pass_name, unet, scope, warn)
-            extra_patches(scope)
+            wrap_model = model_calls(scope)
             return hooked_sampler(original, hooks, slot, schedule_arg)(wrap_model(model), x, *args, **kwargs)
 
     setattr(run, MARK, True)

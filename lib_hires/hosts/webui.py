@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
+import torch
 
 from modules import script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
@@ -37,6 +38,7 @@ if IS_FORGE:
     from . import forge as host
 else:
     from . import a1111 as host
+from . import cascade
 
 TITLE = NAME  # the script's title; the API key is its lower case: never rename
 JOB_ATTR = "hires_methods_job"  # the job's state, kept on `p` (X/Y/Z copies `p` per cell)
@@ -64,6 +66,7 @@ class JobState:
     slot: PassSlot = field(default_factory=PassSlot)
     scope: PatchScope = field(default_factory=PatchScope)
     tiling: VaeTiling | None = None
+    first_latent: torch.Tensor | None = None  # the hires-fix entry of a cascade: this batch's first pass
 
 
 def hires_target(p: Any) -> tuple[int, int]:
@@ -136,14 +139,36 @@ def plan_batch(p: Any) -> None:
 
 
 def before_sampling(p: Any) -> None:
-    """`process_before_every_sampling`: hook this pass of the job's plan (idempotent)."""
+    """`process_before_every_sampling`: hook this pass of the job's plan, or replace it by the plan's
+    cascade (idempotent: Forge calls it twice for the hires pass)."""
     state: JobState | None = getattr(p, JOB_ATTR, None)
     if state is None or state.plan is None:
         return
     if state.tiling is not None:
         host.use_vae_tiling(p, state.tiling, state.scope)
-    if state.plan.runs:
-        host.before_sampling(p, state.plan, state.slot, _warner(p))
+    plan = state.plan
+    pass_name = "hires" if getattr(p, "is_hr_pass", False) else "first"
+    warn = _warner(p)
+    cascades = [name for name in plan.passes if plan.cascade(name) is not None]
+    if cascades and not cascade.is_k_diffusion(p.sampler):
+        title = type(plan.method.resolved).TITLE if plan.method is not None else "this method"
+        warn(f"{title} needs a k-diffusion sampler (DDIM, PLMS and UniPC are not): the {pass_name} pass ran "
+             "unmodified")
+        return
+    if pass_name == "first" and plan.cascade("hires") is not None:
+        state.first_latent = None
+        cascade.keep_first_latent(p, lambda latent: setattr(state, "first_latent", latent))
+    if pass_name not in plan.passes:
+        return
+    stages = plan.cascade(pass_name)
+    if stages is None:
+        host.before_sampling(p, plan, state.slot, warn)
+    elif stages.from_noise:
+        cascade.replace_first_pass(p, stages, host, warn)
+    elif state.first_latent is not None:
+        cascade.replace_hires_pass(p, stages, state.first_latent, host, warn)
+    else:
+        warn("the hires pass ran as usual: there was no first-pass latent to refine (hires fix from an image)")
 
 
 def finish_job(p: Any) -> None:

@@ -3,6 +3,10 @@
 Run a host with this extension installed (../shared/HOSTS.md; a random-weight SD1.5 checkpoint is
 enough), then e.g. `HIRES_WEBUI_URL=http://127.0.0.1:7861 bash tests/run.sh tests/webui -v`. Jobs are
 tiny (128 px, 2 steps) so the suite takes a few minutes on a CPU host.
+
+The modules test the model family in their `FAMILY` (default SD1.5). With an SDXL checkpoint loaded
+(`tools/make_random_checkpoint.py --family sdxl`), set `HIRES_WEBUI_FAMILY=sdxl`: only the SDXL
+module runs then (tests/webui/test_sdxl.py), the others are skipped, and the other way round.
 """
 from __future__ import annotations
 
@@ -59,8 +63,11 @@ class WebUI:
         return self.post("/sdapi/v1/txt2img", {**base, **payload})
 
 
-@pytest.fixture(scope="session")
-def webui() -> WebUI:
+@pytest.fixture(scope="module")
+def webui(request: pytest.FixtureRequest) -> WebUI:
     if not URL:
         pytest.skip("HIRES_WEBUI_URL is not set: no WebUI to test against")
+    loaded, wanted = os.environ.get("HIRES_WEBUI_FAMILY", "sd1"), getattr(request.module, "FAMILY", "sd1")
+    if loaded != wanted:
+        pytest.skip(f"these tests need a {wanted} model loaded; HIRES_WEBUI_FAMILY says {loaded}")
     return WebUI(URL)

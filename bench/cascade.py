@@ -1,0 +1,114 @@
+"""Cascades on the test host (issue 11): what AP-LDM costs against one plain pass at the target size,
+what PFSA costs per step, and what the stage engine itself adds.
+
+The test host's real LDM UNet (SD1.5 block layout, random weights) and LDM VAE, one image with CFG
+(cond + uncond in one call), Euler. The target has 4x the native pixel count (2x per side).
+
+* `apldm_pipeline_cost_ratio`: AP-LDM's whole pipeline (base stage at the native pixel count with
+  attentive guidance over T steps, VAE decode, pixel resize, encode, one refinement stage from
+  int(0.8 T)) over one plain T-step pass at the target size (and its decode in both).
+* `pfsa_step_overhead_ratio`: one PFSA guidance step on the base latent over one UNet call (batch 2)
+  at the base size; target <= 0.03.
+* `cascade_engine_overhead_ratio`: a one-stage cascade through `run_stages` (hooked sampler, no hooks)
+  over the same sampler called directly, as the WebUI's plain pass does; target <= 1.02.
+
+Times are one thread's CPU time (`torch.set_num_threads(1)`, `time.thread_time`), medians of rounds
+that interleave the cases.
+
+    python bench/cascade.py --quick     # UNet width 64, native 128 px, 6 steps: about a minute on 2 cores
+    python bench/cascade.py             # SD1.5 widths (UNet 320, VAE 128), native 256 px, 10 steps
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import figure  # noqa: E402
+from lib_hires.job import PassSize, plan_job  # noqa: E402
+from lib_hires.ops.attentive_guidance import guide  # noqa: E402
+from lib_hires.params import GROUPS, validate_api_dict  # noqa: E402
+from lib_hires.sampling.driver import Stage, run_stages  # noqa: E402
+from tests.host.host import Job, Models, TestHost, build_models  # noqa: E402
+from tests.host.models import build_vae  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small widths and sizes, fewer steps")
+    parser.add_argument("--rounds", type=int, help="measurement rounds, overriding the mode's")
+    args = parser.parse_args()
+    width, vae_ch, native, steps, rounds = (64, 32, 128, 6, 3) if args.quick else (320, 128, 256, 10, 3)
+    rounds = args.rounds or rounds
+    torch.set_num_threads(1)
+    small = build_models("sd1", model_channels=width)
+    decoder, encoder = build_vae(ch=vae_ch, ch_mult=(1, 2, 4, 4))
+    models = Models(small.family, small.unet, small.text, decoder, encoder)
+    target = 2 * native
+    job = Job(width=target, height=target, steps=steps)
+    settings = validate_api_dict(GROUPS, {"enabled": True, "method": "apldm"})
+    plan = plan_job(settings, models.unet, native, PassSize("first", target, target, steps), None)
+    cascade = plan.cascade("first")
+    assert cascade is not None and cascade.stages[0].size == (native // 8,) * 2
+    latent = (target // 8, target // 8)
+
+    def apldm() -> None:
+        host = TestHost(models, job, native_size=native)
+        host.decode(run_stages(host, cascade.stages))
+
+    def plain_target() -> None:
+        host = TestHost(models, job, native_size=native)
+        sigmas = host.sigmas(steps)
+        host.decode(host.sample_plain(host.noise((1, 4, *latent), 0) * sigmas[0], sigmas, 0))
+
+    base = cascade.stages[0].size
+    x_base = torch.randn(1, 4, *base)
+    x_batch = torch.randn(2, 4, *base)
+    context = torch.randn(2, 77, 32)
+
+    def pfsa_step() -> None:
+        guide(x_base, 0.004)
+
+    def unet_call() -> None:
+        models.unet(x_batch, torch.full((2,), 500.0), context=context)
+
+    def engine() -> None:
+        host = TestHost(models, job, native_size=native)
+        run_stages(host, [Stage(base, steps)])
+
+    def direct() -> None:
+        host = TestHost(models, job, native_size=native)
+        sigmas = host.sigmas(steps)
+        host.sample_plain(host.noise((1, 4, *base), 0) * sigmas[0], sigmas, 0)
+
+    cases: dict[str, Callable[[], None]] = {"apldm": apldm, "plain_target": plain_target, "pfsa": pfsa_step,
+                                            "unet_call": unet_call, "engine": engine, "direct": direct}
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    with torch.no_grad():
+        for fn in cases.values():  # warm-up
+            fn()
+        for _ in range(rounds):
+            for name, fn in cases.items():
+                start = time.thread_time()
+                fn()
+                times[name].append(time.thread_time() - start)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    for name, values in times.items():
+        print(f"{name:12s} " + " ".join(f"{v:.3f}" for v in values) + " s CPU")
+    stages = ", ".join(f"{s.size[1] * 8}x{s.size[0] * 8} x{s.runs} steps" for s in cascade.stages)
+    print(f"native {native} px, target {target} px, {steps} steps; AP-LDM stages: {stages}; UNet width {width}, "
+          f"VAE width {vae_ch}; {rounds} rounds, 1 thread")
+    figure("apldm_pipeline_cost_ratio", median["apldm"] / median["plain_target"])
+    figure("pfsa_step_overhead_ratio", median["pfsa"] / median["unet_call"])
+    figure("cascade_engine_overhead_ratio", median["engine"] / median["direct"])
+
+
+if __name__ == "__main__":
+    main()
