@@ -75,7 +75,8 @@ def run_stages(host: Host, stages: Sequence[Stage], latent: torch.Tensor | None 
     samples from noise (it must start at index 0); with it, every stage starts from the previous latent.
 
     After a stage that the user interrupted (or skipped) the driver stops and returns that stage's
-    latent. Every stage's patches are undone when it ends, also on errors.
+    latent; an interrupt that comes while a stage upscales returns the previous stage's. Every stage's
+    patches are undone when it ends, also on errors.
     """
     if not stages:
         raise ValueError("run_stages needs at least one stage")
@@ -96,6 +97,8 @@ def run_stages(host: Host, stages: Sequence[Stage], latent: torch.Tensor | None 
         else:
             start = upscale(host, x, stage, index)
             start = start + host.noise(shape, index).to(start) * sigmas[stage.start]
+        if x is not None and host.interrupted():  # during the upscale: the last stage's result stands
+            break
         with PatchScope() as scope:
             hooks = stage.plan.install(host.unet, scope, warn) if stage.plan is not None else PassHooks()
             x = host.sample(start, sigmas[stage.start:], hooks, index)

@@ -82,6 +82,25 @@ def test_switching_methods(page: Page) -> None:
     page.wait(lambda: "FSTD, first pass" in page.summary("txt2img") and "tiles of" in page.summary("txt2img"),
               what="the FSTD tile grid")
     page.screenshot("fstd", page.ours("txt2img", "enabled"))
+    page.choose(method, "AP-LDM")
+    page.wait(lambda: page.shown("txt2img", "apldm_group") and not page.shown("txt2img", "fstd_group"),
+              what="the AP-LDM group alone")
+    size = [page.find(f"#txt2img_{key} input[type=number]").get_attribute("value") for key in ("width", "height")]
+    try:
+        page.type_number("#txt2img_width", 512)
+        page.type_number("#txt2img_height", 512)
+        page.wait(lambda: "AP-LDM not applied: Width and Height 512x512 must have more pixels" in page.summary("txt2img"),
+                  what="the AP-LDM size warning before Generate")
+        page.type_number("#txt2img_width", 768)
+        page.type_number("#txt2img_height", 1024)
+        page.wait(lambda: "AP-LDM, first pass 768x1024: base 448x576" in page.summary("txt2img"),
+                  what="the AP-LDM stages")
+        gamma = page.ours("txt2img", "apldm_gamma")
+        assert page.label(gamma) == "Guidance scale (from the Paper preset)"
+        page.screenshot("apldm", page.ours("txt2img", "enabled"))
+    finally:
+        page.type_number("#txt2img_width", int(size[0]))
+        page.type_number("#txt2img_height", int(size[1]))
     page.choose(method, "ScaleCrafter")
     page.wait(lambda: page.shown("txt2img", "scalecrafter_group") and not page.shown("txt2img", "fstd_group"),
               what="the ScaleCrafter group to show")

@@ -140,6 +140,22 @@ def test_interrupt_mid_stage_returns_that_stage_and_restores_everything(sd1: Mod
     assert module_state(sd1.unet) == before and host.slot.current is None
 
 
+def test_interrupt_during_an_upscale_returns_the_previous_stage(sd1: Models) -> None:
+    host = TestHost(sd1, Job(width=192, height=256, steps=3), native_size=128)
+    cascade = apldm_plan(host).cascade("first")
+    assert cascade is not None
+    decode = host.decode
+
+    def decode_then_interrupt(latent: torch.Tensor) -> torch.Tensor:
+        host.interrupt = True
+        return decode(latent)
+
+    host.decode = decode_then_interrupt  # type: ignore[method-assign]
+    with CountCalls(sd1.unet) as calls:
+        out = run_stages(host, cascade.stages)
+    assert out.shape[-2:] == cascade.stages[0].size and len(calls.batches) == 3  # stage 1 only
+
+
 class _Both:
     """A stage plan with one more call hook (the test's spy) after the method's own."""
 
