@@ -115,6 +115,7 @@ def test_hires_entry_runs_first_pass_then_refinement(sd1: Models) -> None:
     assert out.shape == (1, 4, 32, 32)
     # first pass 4 steps; stages enter a 5-step schedule at int(5 * 0.6) = 3 and int(5 * 0.8) = 4
     assert host.stage_steps == [2, 1] and calls.batches == [2] * 7
+    assert torch.equal(out, run_hires(TestHost(sd1, Job(width=128, height=128, steps=4)), plan))
 
 
 def test_interrupt_mid_stage_returns_that_stage_and_restores_everything(sd1: Models) -> None:

@@ -37,6 +37,17 @@ def test_hires_entry_and_paste(webui: WebUI) -> None:
     assert replay.status == 200 and replay.image_hashes == first.image_hashes
 
 
+def test_batches_get_their_own_seeds(webui: WebUI) -> None:
+    job = {**HIRES, "width": 128, "height": 128, "batch_size": 2, "n_iter": 2}
+    result = webui.txt2img(**job, **hires({**APLDM, "apldm_refine": "0.5"}))
+    assert result.status == 200
+    images = result.body["images"][-4:]  # after the grid, where the WebUI returns one
+    assert len(result.body["images"]) in (4, 5) and all(pixels(image).shape == (256, 256, 3) for image in images)
+    assert len({pixels(image).tobytes() for image in images}) == 4
+    seeds = [int(text.split("Seed: ")[1].split(",")[0]) for text in result.infotexts[-4:]]
+    assert seeds == [1, 2, 3, 4]
+
+
 def test_progress_rises_over_all_stages(webui: WebUI) -> None:
     seen: list[float] = []
     done = threading.Event()
