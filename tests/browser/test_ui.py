@@ -127,6 +127,8 @@ def test_generate_read_infotext_and_paste_it_back(page: Page) -> None:
     page.type_number("#txt2img_width", 128)
     page.type_number("#txt2img_height", 128)
     page.type_number("#txt2img_steps", 2)
+    # let the plan of the new size arrive first: it updates the preset menus, which closes an open menu
+    page.wait(lambda: "first pass 128x128" in page.summary("txt2img"), what="the plan of 128x128")
     page.choose(page.ours("txt2img", "scalecrafter_preset"), "Custom")
     page.type_text(page.ours("txt2img", "scalecrafter_dilation"), "DB1=2 DB2=3 UB1=2")
     page.type_number("#script_txt2img_hires_methods_scalecrafter_tau", 1)
