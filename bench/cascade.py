@@ -33,13 +33,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import figure  # noqa: E402
-from lib_hires.job import PassSize, plan_job  # noqa: E402
-from lib_hires.ops.attentive_guidance import guide  # noqa: E402
-from lib_hires.params import GROUPS, validate_api_dict  # noqa: E402
-from lib_hires.sampling.driver import Stage, run_stages  # noqa: E402
-from tests.host.host import Job, Models, TestHost, build_models  # noqa: E402
-from tests.host.models import build_vae  # noqa: E402
+from bench.common import figure
+from lib_hires.job import PassSize, plan_job
+from lib_hires.ops.attentive_guidance import guide
+from lib_hires.params import GROUPS, validate_api_dict
+from lib_hires.sampling.driver import Stage, run_stages
+from tests.host.host import Job, Models, TestHost, build_models
+from tests.host.models import build_vae
 
 
 def main() -> None:

@@ -195,12 +195,12 @@ class APLDM:
         else:
             passes = {"first": first, "hires": CascadePlan(tuple(refine), False)}
             lines = (f"first pass {base[0]}x{base[1]}: {guidance.describe(job.first.steps)}",
-                     f"hires pass {target.width}x{target.height}: {refined} (strengths {strengths_text}); "
-                     "hires upscaler and denoising strength not used")
+                     (f"hires pass {target.width}x{target.height}: {refined} (strengths {strengths_text}); "
+                      "hires upscaler and denoising strength not used"))
         warnings: tuple[str, ...] = ()
         if guidance.gamma > 0 and not guided_steps(max(job.first.steps, 1), guidance.delay, guidance.end):
-            warnings = (f"AP-LDM: no step is guided (Guidance delay {guidance.delay:g} is not below Guidance end "
-                        f"{guidance.end:g})",)
+            warnings = ((f"AP-LDM: no step is guided (Guidance delay {guidance.delay:g} is not below Guidance "
+                         f"end {guidance.end:g})"),)
         if job.unet_map is None:
             passes = {}
         resolved = dataclasses.replace(resolved, refine=strengths_text)

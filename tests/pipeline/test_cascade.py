@@ -71,7 +71,7 @@ def test_driver_continues_from_a_latent_with_rgb_stages(sd1: Models) -> None:
 
 @pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M SDE"])
 def test_direct_entry_sizes_calls_and_determinism(models: Models, sampler: str) -> None:
-    native = 128 if models.family == "sd1" else 128  # a tiny "native" size keeps the test fast
+    native = 128  # a tiny "native" size keeps the test fast
     job = Job(width=192, height=256, steps=5, sampler=sampler)
     host = TestHost(models, job, native_size=native)
     plan = apldm_plan(host)
