@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from tests.webui.conftest import WebUI
-from tests.webui.test_api import hires, ours, pixels
+from tests.webui.test_api import hires, ours, pixels, xyz_args
 
 APLDM = {"method": "apldm"}
 DIRECT = {"width": 576, "height": 576, "steps": 3}
@@ -46,6 +46,16 @@ def test_batches_get_their_own_seeds(webui: WebUI) -> None:
     assert len({pixels(image).tobytes() for image in images}) == 4
     seeds = [int(text.split("Seed: ")[1].split(",")[0]) for text in result.infotexts[-4:]]
     assert seeds == [1, 2, 3, 4]
+
+
+def test_xyz_over_the_guidance_scale(webui: WebUI) -> None:
+    job = {**HIRES, "width": 128, "height": 128}
+    grid = webui.txt2img(**job, **xyz_args(webui, "[Hires Methods] AP-LDM guidance scale", ["0", "0.05"]),
+                         **hires({**APLDM, "apldm_refine": "0.5"}))
+    assert grid.status == 200
+    cells = grid.infotexts[1:]  # the grid image comes first
+    assert [ours(text)["AP-LDM guidance scale"] for text in cells] == ["0.0", "0.05"]
+    assert len({pixels(image).tobytes() for image in grid.body["images"][1:]}) == 2
 
 
 def test_progress_rises_over_all_stages(webui: WebUI) -> None:
