@@ -23,9 +23,7 @@ that interleave the cases.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import figure
+from bench.common import figure, interleaved_cpu_times
 from lib_hires.job import PassSize, plan_job
 from lib_hires.ops.attentive_guidance import guide
 from lib_hires.params import GROUPS, validate_api_dict
@@ -93,18 +91,8 @@ def main() -> None:
 
     cases: dict[str, Callable[[], None]] = {"apldm": apldm, "plain_target": plain_target, "pfsa": pfsa_step,
                                             "unet_call": unet_call, "engine": engine, "direct": direct}
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    with torch.no_grad():
-        for fn in cases.values():  # warm-up
-            fn()
-        for _ in range(rounds):
-            for name, fn in cases.items():
-                start = time.thread_time()
-                fn()
-                times[name].append(time.thread_time() - start)
-    median = {name: statistics.median(values) for name, values in times.items()}
-    for name, values in times.items():
-        print(f"{name:12s} " + " ".join(f"{v:.3f}" for v in values) + " s CPU")
+    measured = interleaved_cpu_times(cases, rounds)
+    median = {name: measured.median(name) for name in cases}
     stages = ", ".join(f"{s.size[1] * 8}x{s.size[0] * 8} x{s.runs} steps" for s in cascade.stages)
     print(f"native {native} px, target {target} px, {steps} steps; AP-LDM stages: {stages}; UNet width {width}, "
           f"VAE width {vae_ch}; PFSA vs UNet call at {pfsa_latent}x{pfsa_latent}; {rounds} rounds, 1 thread")

@@ -2,6 +2,8 @@
 
 * :func:`figure` prints the machine-readable result line ``FIGURE <name> <value> [<unit>]``;
 * :func:`timed` times a call (synchronising CUDA when it is in use);
+* :func:`interleaved_cpu_times` times several cases in interleaved rounds by one thread's CPU time and
+  prints the rounds;
 * :func:`measure_peak` runs a function and reports its peak memory: on the CPU the peak RSS of a
   fresh child process (``VmHWM``), so every measurement starts from the same clean process; on CUDA
   ``torch.cuda.max_memory_allocated`` in this process;
@@ -15,10 +17,11 @@ from __future__ import annotations
 import math
 import multiprocessing
 import resource
+import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +44,35 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
     return value, time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """What `interleaved_cpu_times` measured: each case's warm-up result and its times per round."""
+
+    results: dict[str, Any]
+    times: dict[str, list[float]]
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.times[name])
+
+
+def interleaved_cpu_times(cases: Mapping[str, Callable[[], Any]], rounds: int) -> Rounds:
+    """Run every case once (warm-up: first calls allocate and pick kernels; its result is kept), then
+    `rounds` rounds that run every case in turn, timed by this thread's CPU time (`time.thread_time`,
+    so other jobs on the machine move it little); prints each case's times, no gradients."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    with torch.no_grad():
+        results = {name: fn() for name, fn in cases.items()}
+        for _ in range(rounds):
+            for name, fn in cases.items():
+                start = time.thread_time()
+                fn()
+                times[name].append(time.thread_time() - start)
+    width = max(len(name) for name in cases)
+    for name, values in times.items():
+        print(f"{name:{width}s} " + " ".join(f"{v:.3f}" for v in values) + " s CPU")
+    return Rounds(results, times)
 
 
 def peak_rss_bytes() -> int:

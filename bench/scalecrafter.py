@@ -18,9 +18,7 @@ reported. Targets (issue 3): <= 1.05, <= 1.25, <= 1.55.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import figure  # noqa: E402
+from bench.common import figure, interleaved_cpu_times  # noqa: E402
 from lib_hires.methods.scalecrafter import ScaleCrafterPass, bind  # noqa: E402
 from lib_hires.methods.scalecrafter import resolve  # noqa: E402
 from lib_hires.params import ScaleCrafterParams  # noqa: E402
@@ -73,22 +71,12 @@ def main() -> None:
 
     cases = {"plain": lambda: base(call), "int": hooked("sd15_1024x1024_code"),
              "frac": hooked("sd15_1280x1280_code"), "ndcfg": hooked("sd15_2048x2048_code")}
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    with torch.no_grad():
-        for fn in cases.values():  # warm-up: first calls allocate and pick kernels
-            fn()
-        for _ in range(rounds):
-            for name, fn in cases.items():
-                start = time.thread_time()
-                fn()
-                times[name].append(time.thread_time() - start)
-    for name, values in times.items():
-        print(f"{name:6s} " + " ".join(f"{v:.3f}" for v in values) + " s CPU")
-    plain = statistics.median(times["plain"])
+    measured = interleaved_cpu_times(cases, rounds)
+    plain = measured.median("plain")
     print(f"latent {size}x{size}, batch 2, {rounds} rounds, 1 thread; median plain UNet call {plain:.3f} s CPU")
-    figure("scalecrafter_int_dilation_call_ratio", statistics.median(times["int"]) / plain)
-    figure("scalecrafter_frac_dilation_call_ratio", statistics.median(times["frac"]) / plain)
-    figure("scalecrafter_ndcfg_call_ratio", statistics.median(times["ndcfg"]) / plain)
+    figure("scalecrafter_int_dilation_call_ratio", measured.median("int") / plain)
+    figure("scalecrafter_frac_dilation_call_ratio", measured.median("frac") / plain)
+    figure("scalecrafter_ndcfg_call_ratio", measured.median("ndcfg") / plain)
 
 
 if __name__ == "__main__":

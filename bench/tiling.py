@@ -16,9 +16,7 @@ that interleave the cases. Targets: evaluations ratio = ceil(4T/T)^2 / (int((4T 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import figure  # noqa: E402
+from bench.common import figure, interleaved_cpu_times  # noqa: E402
 from lib_hires.ops.windows import offset_grid, overlap_grid  # noqa: E402
 from lib_hires.sampling.hooks import ModelCall, Rows  # noqa: E402
 from lib_hires.sampling.steps import Step  # noqa: E402
@@ -74,19 +72,9 @@ def main() -> None:
             call_at(0), base),
         "plain": lambda: base(call_at(0)),
     }
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    evaluations: dict[str, object] = {}
-    with torch.no_grad():
-        for name, fn in cases.items():  # warm-up
-            evaluations[name] = fn()
-        for _ in range(rounds):
-            for name, fn in cases.items():
-                start = time.thread_time()
-                fn()
-                times[name].append(time.thread_time() - start)
-    median = {name: statistics.median(values) for name, values in times.items()}
-    for name, values in times.items():
-        print(f"{name:9s} " + " ".join(f"{v:.3f}" for v in values) + " s CPU")
+    measured = interleaved_cpu_times(cases, rounds)
+    evaluations = measured.results
+    median = {name: measured.median(name) for name in cases}
     fstd_evals, explicit_evals = int(evaluations["fstd"]), int(evaluations["explicit"])  # type: ignore[call-overload]
     # the step before the measured one ran too; both methods count one step's windows
     print(f"latent {side}x{side}, tiles {tile}, overlap {tile // 2}: FSTD {fstd_evals} tiles per step, "

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .methods import METHODS
-from .methods.base import CascadePlan, JobContext, MethodPlan, PassPlan, PassSize, Warn
+from .methods.base import CascadePlan, JobContext, MethodPlan, PassPlan, PassSize
 from .params import (
     FEATURE_GROUPS, METHOD_GROUPS, WARNING_KEY, General, ParamGroup, Settings, TiledVAEParams, fields, to_infotext,
 )
 from .patching import PatchScope
-from .sampling.hooks import PassHooks
+from .sampling.hooks import PassHooks, Warn
 from .unet import ModelFamily, UNetMap, UnsupportedModel, map_unet
 
 __all__ = ["JobPlan", "PassSize", "Preview", "plan_job", "preview", "tiled_vae"]

@@ -31,10 +31,10 @@ from ..ops.conditioning import with_sizes
 from ..params import APLDMParams, fields, parse_strengths
 from ..patching import PatchScope
 from ..sampling.driver import Stage
-from ..sampling.hooks import CallNext, ModelCall, PassHooks
+from ..sampling.hooks import CallNext, ModelCall, PassHooks, Warn
 from ..sampling.steps import Step
 from ..unet import ModelFamily
-from .base import CascadePlan, JobContext, MethodPlan, PassSize, Warn
+from .base import CascadePlan, JobContext, MethodPlan, PassSize
 
 MAX_ASPECT = 4.0  # longer side / shorter side of the target
 MAX_SCALE = 8.0  # target side / base side (per axis, by area)

@@ -10,7 +10,7 @@ summary line per pass, warnings, and the explicitly given keys it had no use for
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,7 +19,6 @@ from ..sampling.driver import Stage
 from ..sampling.hooks import PassPlan
 from ..unet import ModelFamily, UNetMap
 
-Warn = Callable[[str], None]
 
 
 @dataclass(frozen=True)

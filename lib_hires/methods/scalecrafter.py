@@ -32,10 +32,10 @@ from ..params import ScaleCrafterParams, fields
 from ..patching import PatchScope
 from ..presets import PRESETS, ResolvedPreset, auto_preset, get_preset, resolve_preset
 from ..sampling.guidance import noise_damped_cfg
-from ..sampling.hooks import CallNext, ModelCall, PassHooks
+from ..sampling.hooks import CallNext, ModelCall, PassHooks, Warn
 from ..sampling.steps import steps_for_fraction
 from ..unet import ModelFamily, UNetMap, format_block_values, level_size, parse_block_list, parse_block_values
-from .base import JobContext, MethodPlan, PassSize, Warn
+from .base import JobContext, MethodPlan, PassSize
 
 PAPER_STEPS = 50  # the presets' tau values are step counts of a 50-step schedule (DESIGN.md rule 7)
 

@@ -11,7 +11,7 @@ crop of its top-left in image pixels (methods/demofusion.md §3.1), which `with_
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -42,19 +42,12 @@ def with_crop(vector: torch.Tensor, top: int, left: int) -> torch.Tensor:
     return out
 
 
-def with_sizes(cond: Any, height: int, width: int) -> Any:
-    """SDXL base conditioning with `original_size` and `target_size` both (height, width) pixels (the size
-    conditioning AP-LDM gives each stage); crop coordinates and everything else kept. Conditioning
-    without an SDXL base vector is returned as it is."""
+def map_tensors(cond: Any, fn: Callable[[torch.Tensor, object], torch.Tensor]) -> Any:
+    """`cond` (a host's nest of dicts, lists and tuples) with every tensor replaced by `fn(tensor, key)`,
+    `key` the dict key it sits under (None at the top)."""
     def walk(obj: Any, key: object = None) -> Any:
         if isinstance(obj, torch.Tensor):
-            if key in VECTOR_KEYS and obj.dim() == 2 and obj.shape[-1] == VECTOR_WIDTHS[0]:
-                out = obj.clone()
-                sizes = embed_numbers([height, width]).to(out)
-                out[:, ORIGINAL_SLICE] = sizes
-                out[:, TARGET_SLICE] = sizes
-                return out
-            return obj
+            return fn(obj, key)
         if isinstance(obj, dict):
             return {k: walk(v, k) for k, v in obj.items()}
         if isinstance(obj, (list, tuple)):
@@ -62,6 +55,27 @@ def with_sizes(cond: Any, height: int, width: int) -> Any:
         return obj
 
     return walk(cond)
+
+
+def is_vector(tensor: torch.Tensor, key: object, widths: Sequence[int] = VECTOR_WIDTHS) -> bool:
+    """Whether a conditioning tensor is an SDXL vector (under `vector` or `y`, one of `widths` wide)."""
+    return key in VECTOR_KEYS and tensor.dim() == 2 and tensor.shape[-1] in widths
+
+
+def with_sizes(cond: Any, height: int, width: int) -> Any:
+    """SDXL base conditioning with `original_size` and `target_size` both (height, width) pixels (the size
+    conditioning AP-LDM gives each stage); crop coordinates and everything else kept. Conditioning
+    without an SDXL base vector is returned as it is."""
+    def sized(tensor: torch.Tensor, key: object) -> torch.Tensor:
+        if not is_vector(tensor, key, VECTOR_WIDTHS[:1]):
+            return tensor
+        out = tensor.clone()
+        sizes = embed_numbers([height, width]).to(out)
+        out[:, ORIGINAL_SLICE] = sizes
+        out[:, TARGET_SLICE] = sizes
+        return out
+
+    return map_tensors(cond, sized)
 
 
 def window_cond(cond: Any, windows: Sequence[Window], rows: int, latent: tuple[int, int], vae_scale: int = 8) -> Any:
@@ -74,19 +88,14 @@ def window_cond(cond: Any, windows: Sequence[Window], rows: int, latent: tuple[i
     """
     height, width = latent
 
-    def walk(obj: Any, key: object = None) -> Any:
-        if isinstance(obj, torch.Tensor):
-            if obj.dim() == 4 and tuple(obj.shape[-2:]) == (height, width) and obj.shape[0] == rows * len(windows):
-                return torch.cat([obj[k * rows:(k + 1) * rows, :, w.slices[0], w.slices[1]]
-                                  for k, w in enumerate(windows)])
-            if key in VECTOR_KEYS and obj.dim() == 2 and obj.shape[-1] in VECTOR_WIDTHS:
-                return torch.cat([with_crop(obj[k * rows:(k + 1) * rows], w.top * vae_scale, w.left * vae_scale)
-                                  for k, w in enumerate(windows)])
-            return obj
-        if isinstance(obj, dict):
-            return {k: walk(v, k) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(walk(v, key) for v in obj)
-        return obj
+    def per_window(tensor: torch.Tensor, key: object) -> torch.Tensor:
+        spatial = tensor.dim() == 4 and tuple(tensor.shape[-2:]) == (height, width)
+        if spatial and tensor.shape[0] == rows * len(windows):
+            return torch.cat([tensor[k * rows:(k + 1) * rows, :, w.slices[0], w.slices[1]]
+                              for k, w in enumerate(windows)])
+        if is_vector(tensor, key):
+            return torch.cat([with_crop(tensor[k * rows:(k + 1) * rows], w.top * vae_scale, w.left * vae_scale)
+                              for k, w in enumerate(windows)])
+        return tensor
 
-    return walk(cond)
+    return map_tensors(cond, per_window)

@@ -16,7 +16,7 @@ The host's progress bar covers all stages: the driver announces every stage's st
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..host import Host
 from ..patching import PatchScope
-from .hooks import PassHooks
+from .hooks import PassHooks, PassPlan, Warn
 
 ENCODE_NOISE = 1000  # noise stream of stage k's encoder sample: ENCODE_NOISE + k (re-noise: stream k)
 
@@ -32,13 +32,13 @@ ENCODE_NOISE = 1000  # noise stream of stage k's encoder sample: ENCODE_NOISE + 
 @dataclass(frozen=True)
 class Stage:
     """One stage: its latent size (height, width), the length of its schedule and the index it starts
-    at, how it gets there from the previous stage, and what it patches and hooks (`methods.base.PassPlan`;
-    None: the unmodified model)."""
+    at, how it gets there from the previous stage, and what it patches and hooks (None: the unmodified
+    model)."""
 
     size: tuple[int, int]
     steps: int
     start: int = 0
-    plan: object | None = None  # a PassPlan: install(unet, scope, warn) -> PassHooks
+    plan: PassPlan | None = None
     upscale: str = "latent"  # "latent" or "rgb"
     encode: str = "mean"  # rgb only: "mean" or "sample"
 
@@ -64,9 +64,6 @@ def upscale(host: Host, latent: torch.Tensor, stage: Stage, index: int) -> torch
     noise = host.noise((image.shape[0], latent.shape[1], *stage.size), ENCODE_NOISE + index) \
         if stage.encode == "sample" else None
     return host.encode(image, noise)
-
-
-Warn = Callable[[str], None]
 
 
 def run_stages(host: Host, stages: Sequence[Stage], latent: torch.Tensor | None = None,

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ..patching import PatchScope
 
 StepHook = Callable[[torch.Tensor, Step], None]  # changes the sampler's latent in place
+Warn = Callable[[str], None]  # tells the user something (the infotext's warning, the log)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class PassHooks:
 class PassPlan(Protocol):
     """One planned sampling pass (or cascade stage) of a method."""
 
-    def install(self, unet: nn.Module, scope: PatchScope, warn: Callable[[str], None]) -> PassHooks:
+    def install(self, unet: nn.Module, scope: PatchScope, warn: Warn) -> PassHooks:
         """Patch `unet` for this pass (undone when `scope` exits); the hooks to sample it with."""
 
 
@@ -101,7 +102,7 @@ class FixedHooks:
 
     hooks: PassHooks = PassHooks()
 
-    def install(self, unet: nn.Module, scope: PatchScope, warn: Callable[[str], None]) -> PassHooks:
+    def install(self, unet: nn.Module, scope: PatchScope, warn: Warn) -> PassHooks:
         return self.hooks
 
 

@@ -14,6 +14,8 @@ import base64
 import hashlib
 import json
 import os
+import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -54,6 +56,16 @@ class WebUI:
                 return Result(response.status, json.loads(response.read()))
         except urllib.error.HTTPError as error:
             return Result(error.code, json.loads(error.read() or b"{}"))
+
+    def interrupted_txt2img(self, after: float, **payload: Any) -> Result:
+        """A txt2img job that the user interrupts `after` seconds in."""
+        results: list[Result] = []
+        job = threading.Thread(target=lambda: results.append(self.txt2img(**payload)))
+        job.start()
+        time.sleep(after)
+        self.post("/sdapi/v1/interrupt", {})
+        job.join()
+        return results[0]
 
     def txt2img(self, **payload: Any) -> Result:
         base = {"prompt": "a photo of a cat", "negative_prompt": "blurry", "steps": 2, "width": 128, "height": 128,

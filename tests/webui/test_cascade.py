@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 from tests.webui.conftest import WebUI
 from tests.webui.test_api import hires, ours, pixels, xyz_args
@@ -17,9 +16,11 @@ HIRES = {"width": 256, "height": 256, "steps": 2, "enable_hr": True, "hr_scale":
 
 
 def test_direct_entry_runs_base_and_refinement(webui: WebUI) -> None:
+    plain = webui.txt2img(**DIRECT)
     result = webui.txt2img(**DIRECT, **hires(APLDM))
-    assert result.status == 200
+    assert plain.status == result.status == 200
     assert pixels(result.body["images"][0]).shape == (576, 576, 3)
+    assert (pixels(result.body["images"][0]) != pixels(plain.body["images"][0])).any(), "the cascade ran"
     keys = ours(result.infotexts[0])
     assert (keys["Hires Methods"], keys["AP-LDM preset"], keys["AP-LDM guidance scale"],
             keys["AP-LDM refinement strengths"]) == ("AP-LDM", "Paper", "0.004", "0.2")
@@ -94,12 +95,7 @@ def test_sizes_and_samplers_it_cannot_serve_run_unmodified_with_a_warning(webui:
 
 def test_interrupted_cascade_leaves_the_model_untouched(webui: WebUI) -> None:
     baseline = webui.txt2img(steps=3)
-    results: list[Any] = []
-    job = threading.Thread(target=lambda: results.append(
-        webui.txt2img(**{**HIRES, "hr_second_pass_steps": 20}, **hires({**APLDM, "apldm_refine": "0.9 0.9"}))))
-    job.start()
-    time.sleep(15)
-    webui.post("/sdapi/v1/interrupt", {})
-    job.join()
-    assert results and results[0].status == 200
+    result = webui.interrupted_txt2img(15, **{**HIRES, "hr_second_pass_steps": 20},
+                                       **hires({**APLDM, "apldm_refine": "0.9 0.9"}))
+    assert result.status == 200
     assert webui.txt2img(steps=3).image_hashes == baseline.image_hashes

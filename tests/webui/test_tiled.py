@@ -3,10 +3,6 @@ pasted back, X/Y/Z over the method, an interrupted tiled job (jobs of 256 -> 512
 px, so there are several tiles)."""
 from __future__ import annotations
 
-import threading
-import time
-from typing import Any
-
 from tests.webui.conftest import WebUI
 from tests.webui.test_api import hires, ours, pixels, xyz_args
 
@@ -69,12 +65,6 @@ def test_xyz_over_the_method(webui: WebUI) -> None:
 
 def test_interrupted_tiled_job_leaves_the_model_untouched(webui: WebUI) -> None:
     baseline = webui.txt2img(steps=3)
-    results: list[Any] = []
-    job = threading.Thread(target=lambda: results.append(webui.txt2img(**{**JOB, "hr_second_pass_steps": 8},
-                                                                       **hires(FSTD))))
-    job.start()
-    time.sleep(12)
-    webui.post("/sdapi/v1/interrupt", {})
-    job.join()
-    assert results and results[0].status == 200
+    result = webui.interrupted_txt2img(12, **{**JOB, "hr_second_pass_steps": 8}, **hires(FSTD))
+    assert result.status == 200
     assert webui.txt2img(steps=3).image_hashes == baseline.image_hashes
