@@ -1,5 +1,6 @@
-"""Cascades on the test host (issue 11): what AP-LDM costs against one plain pass at the target size,
-what PFSA costs per step, and what the stage engine itself adds.
+"""Cascades on the test host (issues 11, 12): what AP-LDM costs against one plain pass at the target size
+and against DemoFusion, what PFSA costs per step, what the stage engine itself adds, how many UNet
+evaluations a DemoFusion step makes and what AccDiffusion's masks and patch prompts add.
 
 The test host's real LDM UNet (SD1.5 block layout, random weights) and LDM VAE, one image with CFG
 (cond + uncond in one call), Euler. The target has 4x the native pixel count (2x per side).
@@ -12,6 +13,12 @@ The test host's real LDM UNet (SD1.5 block layout, random weights) and LDM VAE, 
   pixel count, the UNet about linearly, so this is measured at the real native size.
 * `cascade_engine_overhead_ratio`: a one-stage cascade through `run_stages` (hooked sampler, no hooks)
   over the same sampler called directly, as the WebUI's plain pass does; target <= 1.02.
+* `demofusion_unet_evals_per_step`: window and sub-lattice evaluations per step of DemoFusion's phase 2
+  (counted at the UNet: rows / 2 for CFG); equals the formula, 3x3 windows + 2^2 sub-lattices = 13.
+* `apldm_vs_demofusion_time_ratio`: AP-LDM's pipeline over DemoFusion's (both with their final decode),
+  same steps per stage; target <= 0.2 (the AP-LDM paper reports about 0.2 on a GPU).
+* `accdiffusion_vs_demofusion_time_ratio`: AccDiffusion (attention recorded in phase 1, masks, patch
+  prompts encoded once per phase, window interaction) over DemoFusion; target <= 1.1.
 
 Times are one thread's CPU time (`torch.set_num_threads(1)`, `time.thread_time`), medians of rounds
 that interleave the cases.
@@ -33,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import figure, interleaved_cpu_times
 from lib_hires.job import PassSize, plan_job
+from lib_hires.methods.base import CascadePlan
 from lib_hires.ops.attentive_guidance import guide
 from lib_hires.params import GROUPS, validate_api_dict
 from lib_hires.sampling.driver import Stage, run_stages
@@ -89,8 +97,21 @@ def main() -> None:
         sigmas = host.sigmas(steps)
         host.sample_plain(host.noise((1, 4, *base), 0) * sigmas[0], sigmas, 0)
 
+    fusion = {name: plan_job(validate_api_dict(GROUPS, {"enabled": True, "method": name}), models.unet, native,
+                             PassSize("first", target, target, steps), None, seed=1).cascade("first")
+              for name in ("demofusion", "accdiffusion")}
+
+    def fused(name: str) -> Callable[[], None]:
+        def run() -> None:
+            host = TestHost(models, job, native_size=native)
+            cascade = fusion[name]
+            assert cascade is not None
+            host.decode(run_stages(host, cascade.stages))
+        return run
+
     cases: dict[str, Callable[[], None]] = {"apldm": apldm, "plain_target": plain_target, "pfsa": pfsa_step,
-                                            "unet_call": unet_call, "engine": engine, "direct": direct}
+                                            "unet_call": unet_call, "engine": engine, "direct": direct,
+                                            "demofusion": fused("demofusion"), "accdiffusion": fused("accdiffusion")}
     measured = interleaved_cpu_times(cases, rounds)
     median = {name: measured.median(name) for name in cases}
     stages = ", ".join(f"{s.size[1] * 8}x{s.size[0] * 8} x{s.runs} steps" for s in cascade.stages)
@@ -99,6 +120,24 @@ def main() -> None:
     figure("apldm_pipeline_cost_ratio", median["apldm"] / median["plain_target"])
     figure("pfsa_step_overhead_ratio", median["pfsa"] / median["unet_call"])
     figure("cascade_engine_overhead_ratio", median["engine"] / median["direct"])
+    figure("demofusion_unet_evals_per_step", demofusion_evaluations(models, job, native, fusion["demofusion"]))
+    figure("apldm_vs_demofusion_time_ratio", median["apldm"] / median["demofusion"])
+    figure("accdiffusion_vs_demofusion_time_ratio", median["accdiffusion"] / median["demofusion"])
+
+
+def demofusion_evaluations(models: Models, job: Job, native: int, cascade: CascadePlan | None) -> float:
+    """Window and sub-lattice evaluations per step of the last phase, counted at the UNet (CFG: 2 rows)."""
+    assert cascade is not None
+    rows: list[int] = []
+    handle = models.unet.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
+    try:
+        run_stages(TestHost(models, job, native_size=native), cascade.stages)
+    finally:
+        handle.remove()
+    assert len(cascade.stages) == 2, "the target is twice the native side: phase 1, then phase 2"
+    first, last = cascade.stages
+    in_last = sum(rows[first.runs:])  # phase 1 makes one call (2 rows) per step
+    return in_last / 2 / last.runs
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ below `sampling/` and `methods/`, which depend on it; the adapters in `hosts/` i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
 
+from .ops.conditioning import PromptCond
 from .sampling.hooks import PassHooks
 from .unet import ModelFamily
 
@@ -38,6 +39,9 @@ class Host(Protocol):
     def sigmas(self, steps: int) -> torch.Tensor:
         """The user's sigma schedule for `steps` steps (decreasing, ending in 0)."""
 
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The model's training timestep (0 to 999, continuous) of each sigma."""
+
     def noise(self, shape: Sequence[int], stage: int) -> torch.Tensor:
         """Unit Gaussian noise seeded from the images' seeds; `stage` selects an independent draw."""
 
@@ -45,8 +49,14 @@ class Host(Protocol):
         """Run the user's sampler with the host's CFG and conditioning from `x` (already noised to
         `sigmas[0]`) through `sigmas`, with the method's hooks; returns the denoised latent."""
 
-    def encode_prompt(self, prompt: str, words: Sequence[int] | None = None) -> Any:
-        """The host's conditioning for `prompt`; with `words`, only those word positions (AccDiffusion)."""
+    def prompt_tokens(self, image: int) -> Sequence[tuple[int, str]]:
+        """The tokens of image `image`'s prompt: each one's position in the cross-attention context and its
+        text (start, end and padding tokens left out)."""
+
+    def patch_prompt(self, image: int, positions: Sequence[int], mode: str) -> PromptCond:
+        """Image `image`'s prompt with only the tokens at `positions` (from `prompt_tokens`; AccDiffusion):
+        mode "tokens" keeps those tokens with their emphasis, "decode" re-encodes their decoded text (the
+        official code). The context has the full prompt's length."""
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent -> image in [-1, 1] (NCHW)."""

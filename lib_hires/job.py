@@ -17,7 +17,15 @@ from torch import nn
 from .methods import METHODS
 from .methods.base import CascadePlan, JobContext, MethodPlan, PassPlan, PassSize
 from .params import (
-    FEATURE_GROUPS, METHOD_GROUPS, WARNING_KEY, General, ParamGroup, Settings, TiledVAEParams, fields, to_infotext,
+    FEATURE_GROUPS,
+    METHOD_GROUPS,
+    WARNING_KEY,
+    General,
+    ParamGroup,
+    Settings,
+    TiledVAEParams,
+    fields,
+    to_infotext,
 )
 from .patching import PatchScope
 from .sampling.hooks import PassHooks, Warn
@@ -97,12 +105,12 @@ def _inactive_given(settings: Settings, active: list[type[ParamGroup]]) -> list[
 
 def plan_job(settings: Settings, unet: nn.Module | None, native: int | None, first: PassSize,
              hires: PassSize | None, tab: str = "txt2img", family: ModelFamily | None = None,
-             seed: int = 0) -> JobPlan:
+             seed: int = 0, cfg_scale: float = 7.0) -> JobPlan:
     """Plan the job: the chosen method's passes, the tiled VAE, the infotext and the summary.
 
     Without a `unet` but with its `family` (a preview before the model is loaded) the method resolves
     its values and summary lines but plans no pass. `seed` (the first image's) seeds the methods'
-    randomness."""
+    randomness; `cfg_scale` is the CFG scale of the pass a method replaces."""
     general: General = settings[General]
     if not general.enabled:
         return JobPlan()
@@ -122,7 +130,7 @@ def plan_job(settings: Settings, unet: nn.Module | None, native: int | None, fir
             if unet is not None or family is None:
                 warnings.append(f"unsupported model, job ran unmodified ({exc})")
         if family is not None and (unet_map is not None or unet is None):
-            job = JobContext(family, unet_map, native or NATIVE_SIZE[family.value], first, hires, tab, seed)
+            job = JobContext(family, unet_map, native or NATIVE_SIZE[family.value], first, hires, tab, seed, cfg_scale)
             method_plan = method.plan(settings[method.params], settings.given, job)
             lines += [f"{method.params.TITLE}, {line}" for line in method_plan.lines]
             warnings += method_plan.warnings

@@ -666,6 +666,81 @@ class APLDMParams(ParamGroup):
 
 
 @dataclass(frozen=True)
+class DemoFusionParams(ParamGroup):
+    """DemoFusion (Du et al., CVPR 2024): progressive upscaling with skip residual, jittered local windows
+    and dilated global sampling (docs/demofusion.md)."""
+
+    KEY = "demofusion"
+    TITLE = "DemoFusion"
+
+    preset: str = param(
+        "official", "Preset",
+        "Where the settings below come from. Official: the official README's values (skip residual decay 3, "
+        "global and blur decay 1, blur sigma 0.8, windows of the native size every half window). Custom: edit "
+        "them yourself.", choices=("official", "custom"), choice_labels=("Official", "Custom"))
+    residual_decay: float = param(
+        3.0, "Skip residual decay",
+        "How long each phase keeps pulling toward the upscaled previous phase: its weight is cf^this, cf the "
+        "cosine of the noise level (1 at the start, 0 at the end); higher lets go sooner (alpha1).",
+        minimum=0.0, maximum=10.0, step=0.5, from_preset=True)
+    global_decay: float = param(
+        1.0, "Global decay",
+        "The weight of the dilated global branch against the local windows is cf^this: higher hands over to "
+        "the local windows sooner (alpha2).", minimum=0.0, maximum=10.0, step=0.5, from_preset=True)
+    blur_decay: float = param(
+        1.0, "Blur decay", "The global branch's blur shrinks as 0.99 cf^this + 0.01 (alpha3).",
+        minimum=0.0, maximum=10.0, step=0.5, from_preset=True)
+    sigma: float = param(
+        0.8, "Blur sigma", "The Gaussian blur of the global branch's input at the start of a phase (in latent "
+        "pixels of a sub-lattice).", minimum=0.1, maximum=4.0, step=0.1, from_preset=True)
+    stride: int = param(
+        0, "Window stride",
+        "Local windows (of the model's native size) start every this many latent pixels; they are also "
+        "jittered by a quarter of the overlap. 0: half a window (the official 64 for SDXL, 32 for SD1.5).",
+        minimum=8, maximum=256, step=8, zero="auto", from_preset=True)
+    view_batch: int = param(
+        16, "View batch", "Windows or sub-lattices run through the model together: more is faster and takes "
+        "more memory (the official 16).", minimum=1, maximum=64, step=1)
+    local: str = param(
+        "overlap", "Local branch",
+        "How the local branch tiles the latent: Overlapping windows (the official method) or FSTD's shifted "
+        "tiles without overlap (fewer model calls per step; ours).", choices=("overlap", "fstd"),
+        choice_labels=("Overlapping windows", "FSTD"))
+
+
+@dataclass(frozen=True)
+class AccDiffusionParams(DemoFusionParams):
+    """AccDiffusion (Lin et al., ECCV 2024): DemoFusion with patch-content-aware prompts for the local windows
+    and window interaction in the global branch (docs/demofusion.md). The DemoFusion fields are inherited:
+    declared once, with their own API and infotext keys here."""
+
+    KEY = "accdiffusion"
+    TITLE = "AccDiffusion"
+
+    patch_prompts: bool = param(
+        True, "Patch prompts",
+        "Give each local window only the words of the prompt whose cross-attention (from the first phase) "
+        "covers enough of it, so that a subject is not repeated in every window.")
+    threshold: float = param(
+        0.3, "Word threshold", "A word goes into a window's prompt when its attention mask covers at least this "
+        "share of the window (c).", minimum=0.0, maximum=1.0, step=0.05)
+    patch_cfg: float = param(
+        0.0, "Patch CFG", "CFG scale of the local windows; 0: the job's CFG scale (the official 7.5 for both).",
+        minimum=1.0, maximum=30.0, step=0.5, zero="same")
+    prompt_mode: str = param(
+        "tokens", "Patch prompt text",
+        "How a window's prompt is built: Token subset, the chosen tokens of your prompt with their emphasis "
+        "(ours); Decoded words, the official code's decode-and-re-encode of the chosen tokens (emphasis lost).",
+        choices=("tokens", "decode"), choice_labels=("Token subset", "Decoded words"))
+    interaction: str = param(
+        "element", "Window interaction",
+        "Mix the global branch's sub-lattices each step: every latent element is swapped among them by a "
+        "random permutation and swapped back after the model call. Element: per channel too (the official "
+        "code); Position: one permutation per pixel (the paper); Off.",
+        choices=("element", "position", "off"), choice_labels=("Element", "Position", "Off"))
+
+
+@dataclass(frozen=True)
 class TiledVAEParams(ParamGroup):
     """Tiled VAE with GroupNorm statistics synchronised over all tiles (docs/tiled_vae.md)."""
 
@@ -691,7 +766,8 @@ class TiledVAEParams(ParamGroup):
         choices=("off", "on_nan", "always"), choice_labels=("Off", "On NaN", "Always"))
 
 
-METHOD_GROUPS: tuple[type[ParamGroup], ...] = (ScaleCrafterParams, APLDMParams, FSTDParams, MultiDiffusionParams)
+METHOD_GROUPS: tuple[type[ParamGroup], ...] = (ScaleCrafterParams, APLDMParams, DemoFusionParams, AccDiffusionParams,
+                                               FSTDParams, MultiDiffusionParams)
 """One group per method (`methods.METHODS` has the same keys), in the order the method menu lists them."""
 FEATURE_GROUPS: tuple[type[ParamGroup], ...] = (TiledVAEParams,)
 """Shared features that work with any method or alone."""
@@ -709,7 +785,7 @@ class General(ParamGroup):
 
 
 GROUPS: tuple[type[ParamGroup], ...] = (General, ScaleCrafterParams, TiledVAEParams, FSTDParams, MultiDiffusionParams,
-                                        APLDMParams)
+                                        APLDMParams, DemoFusionParams, AccDiffusionParams)
 """Every group, in the order of the UI's positional values (what `script-info` lists and the API's positional
 form sends): append-only, so that a new group never moves the values of an older one."""
 

@@ -26,10 +26,13 @@ from torch import nn
 
 from ..job import NATIVE_SIZE
 from ..methods.base import CascadePlan
+from ..ops.conditioning import PromptCond
 from ..patching import PatchScope
 from ..sampling.driver import run_stages
 from ..sampling.hooks import PassHooks, PassSlot, hooked_sampler
+from ..sampling.steps import sigma_to_timestep
 from ..unet import ModelFamily, map_unet
+from . import prompts
 
 SEED_STREAM = 100003  # noise stream k > 0 uses seeds + k * SEED_STREAM (stream 0: the image seeds)
 
@@ -92,6 +95,11 @@ class WebUIStages:
     def sigmas(self, steps: int) -> torch.Tensor:
         return self._get_sigmas(self.p, steps)
 
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """From the training sigmas of the sampler's model wrapper (A1111's `CompVisDenoiser`, Forge's
+        schedule linker; increasing in both)."""
+        return sigma_to_timestep(sigma, self.sampler.model_wrap.sigmas)
+
     def noise(self, shape: Sequence[int], stage: int) -> torch.Tensor:
         """The WebUI's seeded noise (seeds, variation seeds and strength, resize-seed) at `shape`."""
         from modules import rng
@@ -104,6 +112,19 @@ class WebUIStages:
         return rng.ImageRNG(tuple(shape[1:]), shifted(p.seeds), subseeds=shifted(p.subseeds),
                             subseed_strength=p.subseed_strength, seed_resize_from_h=p.seed_resize_from_h,
                             seed_resize_from_w=p.seed_resize_from_w).next()
+
+    def _prompt(self, image: int) -> str | None:
+        """The image's prompt in this pass, as in effect at its last step (None: it has AND)."""
+        p = self.p
+        hires = getattr(p, "is_hr_pass", False) and getattr(p, "hr_prompts", None)
+        return prompts.final_prompt((p.hr_prompts if hires else p.prompts)[image], p.steps)
+
+    def prompt_tokens(self, image: int) -> list[tuple[int, str]]:
+        text = self._prompt(image)
+        return [] if text is None else prompts.prompt_tokens(self.p.sd_model, text)
+
+    def patch_prompt(self, image: int, positions: Sequence[int], mode: str) -> PromptCond:
+        return prompts.patch_prompt(self.p.sd_model, self._prompt(image) or "", positions, mode)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         from modules.sd_samplers_common import decode_first_stage

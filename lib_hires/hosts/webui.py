@@ -11,13 +11,14 @@ from __future__ import annotations
 import html
 import importlib.util
 import json
+import logging
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 import torch
-
 from modules import script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
@@ -25,8 +26,21 @@ from ..api import ApiValidation, settings_from_args
 from ..job import JobPlan, PassSize, plan_job, tiled_vae
 from ..methods import METHODS
 from ..params import (
-    FEATURE_GROUPS, GROUPS, METHOD_GROUPS, NAME, VERSION_KEY, WARNING_KEY, Field, ParamError, ParamGroup, Settings,
-    all_fields, fields, is_ours, read_infotext, xyz_axes,
+    FEATURE_GROUPS,
+    GROUPS,
+    METHOD_GROUPS,
+    NAME,
+    VERSION_KEY,
+    WARNING_KEY,
+    Field,
+    ParamError,
+    ParamGroup,
+    Settings,
+    all_fields,
+    fields,
+    is_ours,
+    read_infotext,
+    xyz_axes,
 )
 from ..patching import LIVE, PatchScope
 from ..sampling.hooks import PassSlot
@@ -53,6 +67,18 @@ STAMP = "hires-methods-stamp"  # the stamp textbox's value, replaced per event b
 
 def log(text: str) -> None:
     print(f"[{TITLE}] {text}")
+
+
+def console_logger() -> None:
+    """Show the library's reports (logger `hires_methods`, e.g. the patch prompts a method chose) in the
+    WebUI's console, like `log`. Idempotent."""
+    logger = logging.getLogger("hires_methods")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter(f"[{TITLE}] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 # --- jobs -------------------------------------------------------------------------------------
@@ -132,7 +158,8 @@ def plan_batch(p: Any) -> None:
         unet, native = None, None
     first = PassSize("first", p.width, p.height, p.steps)
     seeds = getattr(p, "all_seeds", None) or [getattr(p, "seed", 0)]
-    state.plan = plan_job(state.settings, unet, native, first, hires, _tab(p), seed=int(seeds[0]))
+    cfg = float(getattr(p, "hr_cfg", None) or p.cfg_scale) if hires is not None else float(p.cfg_scale)
+    state.plan = plan_job(state.settings, unet, native, first, hires, _tab(p), seed=int(seeds[0]), cfg_scale=cfg)
     p.extra_generation_params.update(state.plan.infotext)
     if state.plan.summary != "off":
         log(state.plan.summary)
@@ -369,5 +396,6 @@ def install_api_validation(_demo: Any, app: Any) -> None:
 
 
 def register_callbacks() -> None:
+    console_logger()
     script_callbacks.on_app_started(install_api_validation)
     script_callbacks.on_script_unloaded(lambda: LIVE.restore_all())

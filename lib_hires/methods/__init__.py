@@ -7,12 +7,14 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from ..params import METHOD_GROUPS
+from .accdiffusion import AccDiffusion
 from .apldm import APLDM
 from .base import Method
+from .demofusion import DemoFusion
 from .fstd import FSTD
 from .multidiffusion import MultiDiffusion
 from .scalecrafter import ScaleCrafter
 
-_ALL: tuple[Method, ...] = (ScaleCrafter(), APLDM(), FSTD(), MultiDiffusion())
+_ALL: tuple[Method, ...] = (ScaleCrafter(), APLDM(), DemoFusion(), AccDiffusion(), FSTD(), MultiDiffusion())
 METHODS: Mapping[str, Method] = MappingProxyType(
     {group.KEY: next(m for m in _ALL if m.params is group) for group in METHOD_GROUPS})  # menu order

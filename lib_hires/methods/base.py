@@ -20,7 +20,6 @@ from ..sampling.hooks import PassPlan
 from ..unet import ModelFamily, UNetMap
 
 
-
 @dataclass(frozen=True)
 class PassSize:
     """One sampling pass of the job, in pixels, with its number of sampler steps."""
@@ -49,6 +48,7 @@ class JobContext:
     hires: PassSize | None  # None: hires fix is off (always in img2img)
     tab: str = "txt2img"
     seed: int = 0  # the first image's seed: methods draw their randomness from it (DESIGN.md rule 6)
+    cfg_scale: float = 7.0  # the CFG scale of the pass a method replaces (the hires pass's with hires fix)
 
     @property
     def passes(self) -> tuple[PassSize, ...]:

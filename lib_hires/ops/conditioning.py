@@ -11,7 +11,8 @@ crop of its top-left in image pixels (methods/demofusion.md §3.1), which `with_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -99,3 +100,46 @@ def window_cond(cond: Any, windows: Sequence[Window], rows: int, latent: tuple[i
         return tensor
 
     return map_tensors(cond, per_window)
+
+
+CONTEXT_KEYS = ("c_crossattn", "crossattn", None)  # A1111 SD1 (in a list) and Forge, A1111 SDXL, a bare tensor
+POOLED = slice(0, 1280)  # the pooled text embedding at the start of an SDXL vector
+
+
+@dataclass(frozen=True)
+class PromptCond:
+    """One row's text conditioning: the cross-attention context (1, L, D) and, for SDXL, the pooled text
+    embedding (1, 1280)."""
+
+    context: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
+def with_prompts(cond: Any, prompts: Mapping[int, PromptCond], rows: int) -> Any:
+    """`cond` (a host's conditioning of `rows` rows) with the text conditioning of the rows in `prompts`
+    replaced: their cross-attention context rows and, in an SDXL vector, their pooled embedding.
+    A replacement context must have the row's length (hosts keep the prompt's chunk count)."""
+    if not prompts:
+        return cond
+    index = sorted(prompts)
+
+    def replaced(tensor: torch.Tensor, key: object) -> torch.Tensor:
+        if tensor.dim() == 3 and tensor.shape[0] == rows and key in CONTEXT_KEYS:
+            out = tensor.clone()
+            for i in index:
+                context = prompts[i].context
+                if context.shape[1:] != tensor.shape[1:]:
+                    raise ValueError(f"a patch prompt's context {tuple(context.shape[1:])} does not match the "
+                                     f"prompt's {tuple(tensor.shape[1:])}")
+                out[i] = context[0].to(out)
+            return out
+        if tensor.shape[0] == rows and is_vector(tensor, key):
+            out = tensor.clone()
+            for i in index:
+                pooled = prompts[i].pooled
+                if pooled is not None:
+                    out[i, POOLED] = pooled[0].to(out)
+            return out
+        return tensor
+
+    return map_tensors(cond, replaced)

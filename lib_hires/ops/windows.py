@@ -107,8 +107,8 @@ def jitter(windows: Sequence[Window], height: int, width: int, amount: int, rng:
 
     moved = []
     for window in windows:
-        dy = move(window.top, window.height, height)
-        dx = move(window.left, window.width, width)
+        dx = move(window.left, window.width, width)  # columns first: the official draw order, so that a
+        dy = move(window.top, window.height, height)  # generator seeded alike gives the official windows
         moved.append(window.shifted(dy + amount, dx + amount))
     return moved
 

@@ -12,12 +12,17 @@ Upscaling between stages (`Stage.upscale`):
 * `rgb`: decode, bicubic in pixel space, clamp to [-1, 1], encode with the posterior mean (AP-LDM) or
   a sample seeded from the image seed (`Stage.encode`, FreeScale).
 
+A stage's plan may act on where the stage starts (DemoFusion's skip residual pulls every step toward
+the upscaled previous result, noised with the stage's noise): such a plan is `StageAware` and gets a
+`StageInput` before it is installed.
+
 The host's progress bar covers all stages: the driver announces every stage's step count first.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +35,27 @@ ENCODE_NOISE = 1000  # noise stream of stage k's encoder sample: ENCODE_NOISE + 
 
 
 @dataclass(frozen=True)
+class StageInput:
+    """Where a stage starts: its index, the clean latent it re-noised (the previous result at this size;
+    None from noise), the unit noise it used, the schedule it samples (`sigmas[start:]`), the previous
+    stage's result (None from noise) and the host."""
+
+    index: int
+    clean: torch.Tensor | None
+    noise: torch.Tensor
+    sigmas: torch.Tensor
+    previous: torch.Tensor | None
+    host: Host
+
+
+@runtime_checkable
+class StageAware(Protocol):
+    """A stage plan that needs its `StageInput` to make the pass plan it installs."""
+
+    def for_stage(self, stage: StageInput) -> PassPlan: ...
+
+
+@dataclass(frozen=True)
 class Stage:
     """One stage: its latent size (height, width), the length of its schedule and the index it starts
     at, how it gets there from the previous stage, and what it patches and hooks (None: the unmodified
@@ -38,7 +64,7 @@ class Stage:
     size: tuple[int, int]
     steps: int
     start: int = 0
-    plan: PassPlan | None = None
+    plan: PassPlan | StageAware | None = None
     upscale: str = "latent"  # "latent" or "rgb"
     encode: str = "mean"  # rgb only: "mean" or "sample"
 
@@ -89,15 +115,16 @@ def run_stages(host: Host, stages: Sequence[Stage], latent: torch.Tensor | None 
     for index, stage in enumerate(stages):
         sigmas = host.sigmas(stage.steps)
         shape = (host.batch_size, channels, *stage.size)
-        if x is None:
-            start = host.noise(shape, 0) * sigmas[0]
-        else:
-            start = upscale(host, x, stage, index)
-            start = start + host.noise(shape, index).to(start) * sigmas[stage.start]
+        noise = host.noise(shape, index)
+        clean = None if x is None else upscale(host, x, stage, index)
+        start = noise * sigmas[0] if clean is None else clean + noise.to(clean) * sigmas[stage.start]
         if x is not None and host.interrupted():  # during the upscale: the last stage's result stands
             break
+        plan = stage.plan
+        if isinstance(plan, StageAware):
+            plan = plan.for_stage(StageInput(index, clean, noise.to(start), sigmas[stage.start:], x, host))
         with PatchScope() as scope:
-            hooks = stage.plan.install(host.unet, scope, warn) if stage.plan is not None else PassHooks()
+            hooks = plan.install(host.unet, scope, warn) if plan is not None else PassHooks()
             x = host.sample(start, sigmas[stage.start:], hooks, index)
         if host.interrupted():
             break

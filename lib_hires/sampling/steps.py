@@ -43,3 +43,13 @@ def locate_step(schedule: torch.Tensor, value: float) -> int:
         raise ValueError("a schedule needs at least two entries")
     # the interval index is the number of inner entries schedule[1:count] at or above the value
     return int((schedule[1:count].double() >= value * (1 - 1e-5)).sum().item())
+
+
+def sigma_to_timestep(sigma: torch.Tensor, train_sigmas: torch.Tensor) -> torch.Tensor:
+    """The model's continuous training timestep of each sigma: log-sigma interpolation over its training
+    sigmas (increasing, one per timestep; k-diffusion's `sigma_to_t`), clamped to [0, T - 1]."""
+    log_sigmas = train_sigmas.detach().double().log().to("cpu")
+    log_sigma = sigma.detach().double().to("cpu").clamp_min(float(train_sigmas.min())).log()
+    low = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(0, log_sigmas.numel() - 2)
+    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    return (low + ((log_sigma - lo) / (hi - lo)).clamp(0, 1)).float()

@@ -26,13 +26,19 @@ import torch
 from ..ops.conditioning import window_cond
 from ..ops.windows import Window, blend_sum, window_weights
 from ..patching import PatchScope
-from .hooks import CallNext, ModelCall, PassHooks
+from .hooks import CallNext, ModelCall, PassHooks, Rows
 from .steps import Step
 
 WindowsFor = Callable[[Step, tuple[int, int]], Sequence[Window]]
 """The windows of a step for a latent of (height, width)."""
-WindowCond = Callable[[Any, Sequence[Window], int, tuple[int, int]], Any]
-"""Conditioning for a batch of windows from conditioning repeated once per window (see `window_cond`)."""
+WindowCond = Callable[[Any, Sequence[Window], Rows, tuple[int, int]], Any]
+"""Conditioning for a batch of windows from conditioning repeated once per window, given the rows of one
+window (see `cropped`)."""
+
+
+def cropped(cond: Any, windows: Sequence[Window], rows: Rows, latent: tuple[int, int]) -> Any:
+    """The default `WindowCond`: `ops.conditioning.window_cond`."""
+    return window_cond(cond, windows, len(rows.image), latent)
 
 
 @dataclass
@@ -48,7 +54,7 @@ class TiledEvaluation:
     """A call hook evaluating every model call on the windows `windows_for` gives for its step."""
 
     def __init__(self, windows_for: WindowsFor, weights: str, tile_batch: int,
-                 condition: WindowCond = window_cond) -> None:
+                 condition: WindowCond = cropped) -> None:
         if tile_batch < 1:
             raise ValueError(f"tile_batch must be >= 1, got {tile_batch}")
         self.windows_for = windows_for
@@ -68,7 +74,7 @@ class TiledEvaluation:
             batch = windows[start:start + self.tile_batch]
             repeated = call.subset(list(range(rows)) * len(batch))
             tiles = torch.cat([x[:, :, w.slices[0], w.slices[1]] for w in batch])
-            denoised = call_next(replace(repeated, x=tiles, cond=self.condition(repeated.cond, batch, rows, latent)))
+            denoised = call_next(replace(repeated, x=tiles, cond=self.condition(repeated.cond, batch, call.rows, latent)))
             self.evaluations += len(batch)
             for k, window in enumerate(batch):
                 share = (window_weights(window, self.weights) / total[window.slices]).to(x)

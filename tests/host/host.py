@@ -16,12 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from lib_hires.ops.conditioning import PromptCond
 from lib_hires.sampling.hooks import ModelCall, PassHooks, PassSlot, Rows, hooked_sampler, take_rows
 from lib_hires.unet import ModelFamily
 
 from .models import LAYOUTS, build_unet, build_vae
 from .samplers import SAMPLERS, STOCHASTIC, exponential_sigmas, karras_sigmas
 from .text import WordEncoder
+from .text import words as text_words
 
 VAE_SCALE = 0.18215
 NATIVE = {"sd1": 512, "sd2": 512, "sdxl": 1024}
@@ -143,6 +145,9 @@ class TestHost:
         t = torch.linspace(len(self.denoiser.sigmas) - 1, 0, steps)
         return torch.cat([self.denoiser.t_to_sigma(t), torch.zeros(1)])
 
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        return self.denoiser.sigma_to_t(sigma.float())
+
     def _generator(self, image: int, stream: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.job.seed + image) + (stream << 32))
 
@@ -208,7 +213,7 @@ class TestHost:
             return context
         from ldm.modules.diffusionmodules.util import timestep_embedding
 
-        pooled = context.mean(dim=1).repeat(1, 1280 // context.shape[-1] + 1)[:, :1280]
+        pooled = self._pooled(context)
         sizes = torch.tensor([[self.job.height, self.job.width, 0, 0, self.job.height, self.job.width]],
                              dtype=torch.float32)
         embedded = timestep_embedding(sizes.flatten(), 256).reshape(1, -1).expand(self.job.batch_size, -1)
@@ -217,6 +222,19 @@ class TestHost:
     # --- prompts, VAE, progress ---
     def encode_prompt(self, prompt: str, words: Sequence[int] | None = None) -> torch.Tensor:
         return self.models.text.encode(prompt, words)
+
+    def prompt_tokens(self, image: int) -> list[tuple[int, str]]:
+        """Word j of the prompt sits at context position j + 1 (after BOS)."""
+        return [(j + 1, word) for j, word in enumerate(text_words(self.job.prompt))]
+
+    def patch_prompt(self, image: int, positions: Sequence[int], mode: str) -> PromptCond:
+        """Words are tokens here, so both modes give the same context."""
+        context = self.encode_prompt(self.job.prompt, [p - 1 for p in positions])
+        return PromptCond(context, self._pooled(context) if self.models.family == "sdxl" else None)
+
+    @staticmethod
+    def _pooled(context: torch.Tensor) -> torch.Tensor:
+        return context.mean(dim=1).repeat(1, 1280 // context.shape[-1] + 1)[:, :1280]
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:

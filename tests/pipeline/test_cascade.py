@@ -37,7 +37,7 @@ def run_hires(host: TestHost, plan: JobPlan) -> torch.Tensor:
     first = host.noise((host.batch_size, 4, host.job.height // 8, host.job.width // 8), 0)
     sigmas = host.sigmas(host.job.steps)
     with PatchScope() as scope:
-        hooks = plan.install("first", host.unet, scope, lambda text: None)
+        hooks = plan.install("first", host.unet, scope, lambda text: None) if "first" in plan.passes else PassHooks()
         latent = host.sample(first * sigmas[0], sigmas, hooks, 0)
     cascade = plan.cascade("hires")
     assert cascade is not None and not cascade.from_noise

@@ -1,0 +1,140 @@
+"""DemoFusion's step in an upscaling phase (Du et al., CVPR 2024, §3.3; methods/demofusion.md §3): every
+model call is answered by two branches mixed by the cosine factor of its timestep,
+
+    D = (1 - c2) D_local + c2 D_global,    c2 = cf(t)^alpha2   (`ops.skip_residual.cosine_factor`).
+
+* Local branch: MultiDiffusion on jittered native-size windows of the latent zero-padded by the jitter
+  range J (`ops.windows.jitter`), averaged with uniform weights (`sampling.tiled.TiledEvaluation`, which
+  also gives each window its SDXL crop coordinates, in padded coordinates as the official code does).
+  The windows and their conditioning come from the plan (DemoFusion: fresh jitter every step;
+  AccDiffusion: fixed per phase, with per-window prompts); FSTD's shifted tiles may take their place.
+* Global branch: dilated sampling (`ops.dilated_sampling`): the s^2 sub-lattices of the top/left padded
+  latent, the UNet on the blurred lattices (sigma_b = sigma c3, c3 = 0.99 cf^alpha3 + 0.01), the step
+  on the unblurred ones, optionally with AccDiffusion's window interaction.
+
+Mixing in denoised space: the official code steps every view with Euler and averages the stepped
+latents; Euler's step is affine in the denoised prediction with weights summing to one, so averaging
+the predictions and stepping once is the same (and defines the branch for any sampler). A lattice's
+prediction for its unblurred input is `x - (x_blurred - D_blurred)` (the noise predicted on the
+blurred input, applied to the unblurred one); with window interaction the noise predictions are
+permuted back first. The host's CFG is linear in the rows, so mixing rows before it equals mixing the
+guided results; AccDiffusion's separate patch CFG rescales the local branch's guidance direction.
+
+Memory: one batch of `view_batch` windows or lattices, plus a few tensors of the latent's size.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.dilated_sampling import (
+    blurred_input,
+    element_permutations,
+    lattice_offsets,
+    lattice_padding,
+    permute,
+    unpermute,
+)
+from ..ops.skip_residual import cosine_factor
+from .hooks import CallNext, ModelCall, Rows
+from .tiled import TiledEvaluation
+
+Timestep = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GlobalBranch:
+    """Dilated sampling at `scale` (the phase number): blur base sigma and its decay exponent, views per
+    UNet call, the UNet's latent multiple (sub-lattices are padded to it), window interaction ("off",
+    "element" or "position") and the seed of its permutations."""
+
+    scale: int
+    sigma: float
+    blur_decay: float
+    view_batch: int
+    multiple: int
+    interaction: str = "off"
+    seed: int = 0
+
+
+def step_seed(seed: int, stage: int, step: int) -> int:
+    """One seed per (job seed, stage, step) for a method's per-step randomness."""
+    return (seed * 1_000_003 + stage * 10_007 + step) % 2**63
+
+
+def guidance_rescaled(out: torch.Tensor, rows: Rows, ratio: float) -> torch.Tensor:
+    """Rows whose guidance direction is scaled by `ratio`: every cond row becomes
+    `D_u + ratio (D_c - D_u)` with its image's uncond row, so that the host's CFG scale w acts as
+    `ratio * w`. Images without an uncond row in the call are left as they are."""
+    if ratio == 1.0:
+        return out
+    uncond_of = {image: i for i, (image, unc) in enumerate(zip(rows.image, rows.uncond)) if unc}
+    scaled = out.clone()
+    for i, (image, unc) in enumerate(zip(rows.image, rows.uncond)):
+        if not unc and image in uncond_of:
+            base = out[uncond_of[image]]
+            scaled[i] = base + ratio * (out[i] - base)
+    return scaled
+
+
+class LocalGlobal:
+    """The call hook of one upscaling phase (see the module docstring)."""
+
+    def __init__(self, local: TiledEvaluation, pad: int, branch: GlobalBranch, mix_decay: float,
+                 timestep: Timestep, stage: int, local_cfg_ratio: float = 1.0) -> None:
+        self.local = local
+        self.pad = pad
+        self.branch = branch
+        self.mix_decay = mix_decay
+        self.timestep = timestep
+        self.stage = stage
+        self.local_cfg_ratio = local_cfg_ratio
+        self.lattice_evaluations = 0  # sub-lattice evaluations so far (tests, benchmarks)
+
+    def __call__(self, call: ModelCall, call_next: CallNext) -> torch.Tensor:
+        cf = cosine_factor(float(self.timestep(call.sigma.reshape(-1)[:1])[0]))
+        c2 = cf ** self.mix_decay
+        local = guidance_rescaled(self._local(call, call_next), call.rows, self.local_cfg_ratio)
+        blur = self.branch.sigma * (0.99 * cf ** self.branch.blur_decay + 0.01)
+        return (1 - c2) * local + c2 * self._global(call, call_next, blur)
+
+    def _local(self, call: ModelCall, call_next: CallNext) -> torch.Tensor:
+        j = self.pad
+        if j == 0:
+            return self.local(call, call_next)
+        h, w = call.x.shape[-2:]
+        padded = replace(call, x=F.pad(call.x, (j, j, j, j)))
+        return self.local(padded, call_next)[..., j:j + h, j:j + w]
+
+    def _global(self, call: ModelCall, call_next: CallNext, blur_sigma: float) -> torch.Tensor:
+        branch, x = self.branch, call.x
+        s, rows = branch.scale, x.shape[0]
+        top, left = lattice_padding(x.shape[-2], x.shape[-1], s, branch.multiple)
+        padded = F.pad(x, (left, 0, top, 0))
+        blurred = blurred_input(padded, s, blur_sigma)
+        out = torch.empty_like(padded)
+        images = sorted(set(call.rows.image))
+        image_of_row = [images.index(i) for i in call.rows.image]
+        generator = torch.Generator().manual_seed(step_seed(branch.seed, self.stage, call.step.index))
+        offsets = lattice_offsets(s)
+        for first in range(0, len(offsets), branch.view_batch):
+            batch: Sequence[tuple[int, int]] = offsets[first:first + branch.view_batch]
+            inputs = torch.stack([blurred[:, :, a::s, b::s] for a, b in batch])  # (V, rows, C, h, w)
+            order = None
+            if branch.interaction != "off" and len(batch) > 1:
+                shape = (len(images), *inputs.shape[2:])
+                drawn = element_permutations(len(batch), shape, generator, branch.interaction == "position")
+                order = drawn[:, image_of_row].to(inputs.device)
+                inputs = permute(inputs, order)
+            repeated = call.subset(list(range(rows)) * len(batch))
+            denoised = call_next(replace(repeated, x=inputs.flatten(0, 1))).reshape(inputs.shape)
+            self.lattice_evaluations += len(batch)
+            shift = inputs - denoised  # sigma * eps of each composite
+            if order is not None:
+                shift = unpermute(shift, order)
+            for k, (a, b) in enumerate(batch):
+                out[:, :, a::s, b::s] = padded[:, :, a::s, b::s] - shift[k]
+        return out[..., top:, left:]
