@@ -181,13 +181,13 @@ class PatchPrompts:
                     per_image.setdefault(image, []).append(i)
             prompts: dict[int, PromptCond] = {}
             for image, cond_rows in per_image.items():
-                if image not in self.masks:  # no tokens (e.g. AND, an empty prompt) or no recorded maps
-                    continue
                 if len(cond_rows) > 1:
                     if not self.several_warned:
                         self.warn("AccDiffusion: patch prompts not used for a prompt with AND (several "
                                   "sub-prompts); its windows get the whole prompt")
                         self.several_warned = True
+                    continue
+                if image not in self.masks:  # no tokens (an empty prompt) or no recorded maps
                     continue
                 for k, positions in enumerate(self.words(image, windows, latent, pad)):
                     prompts[k * len(rows.image) + cond_rows[0]] = self.prompt(image, positions)

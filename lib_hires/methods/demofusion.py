@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..ops.skip_residual import cosine_factor, restandardise, skip_residual
@@ -148,18 +149,17 @@ class PhaseHooks:
         self.phase, self.stage = phase, stage
         self.clean, self.previous = stage.clean, stage.previous
         self.timesteps = [float(t) for t in stage.host.timestep(stage.sigmas.float())]
-        self.hook: LocalGlobal | None = None
 
     def install(self, unet: nn.Module, scope: PatchScope, warn: Warn) -> PassHooks:
         phase, stage, fusion = self.phase, self.stage, self.phase.fusion
-        self.hook = LocalGlobal(
+        hook = LocalGlobal(
             phase.local_branch(stage, warn), fusion.jitter,
             GlobalBranch(phase.number, fusion.sigma, fusion.blur_decay, fusion.view_batch, fusion.multiple,
                          fusion.interaction, fusion.seed),
             fusion.global_decay, stage.host.timestep, stage.index, fusion.local_cfg_ratio)
-        return PassHooks(step_hooks=(self.residual,), call_hooks=(self.hook,))
+        return PassHooks(step_hooks=(self.residual,), call_hooks=(hook,))
 
-    def residual(self, x: Any, step: Step) -> None:
+    def residual(self, x: torch.Tensor, step: Step) -> None:
         if step.index >= step.count:
             x.copy_(restandardise(x, self.previous))
         elif step.index > 0:
@@ -233,6 +233,6 @@ class DemoFusion:
     @staticmethod
     def _describe(stage: Stage, number: int, fusion: Fusion) -> str:
         windows, lattices = fusion.evaluations(stage.size, number)
-        kind = "windows" if fusion.local == "overlap" else "FSTD tiles"
+        kind = ("window" if fusion.local == "overlap" else "FSTD tile") + ("s" if windows != 1 else "")
         return (f"phase {number} {stage.size[1] * 8}x{stage.size[0] * 8} ({windows} {kind} + {lattices} "
                 f"sub-lattices per step, by {fusion.view_batch})")

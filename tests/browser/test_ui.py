@@ -101,6 +101,23 @@ def test_switching_methods(page: Page) -> None:
     finally:
         page.type_number("#txt2img_width", int(size[0]))
         page.type_number("#txt2img_height", int(size[1]))
+    page.choose(method, "AccDiffusion")
+    page.wait(lambda: page.shown("txt2img", "accdiffusion_group") and not page.shown("txt2img", "demofusion_group"),
+              what="the AccDiffusion group alone")
+    try:
+        page.type_number("#txt2img_width", 1024)
+        page.type_number("#txt2img_height", 1024)
+        page.wait(lambda: "AccDiffusion, first pass 1024x1024: phase 1 512x512, then phase 2 1024x1024 (9 windows + "
+                  "4 sub-lattices per step, by 16)" in page.summary("txt2img"), what="the AccDiffusion phases")
+        assert page.label(page.ours("txt2img", "accdiffusion_sigma")) == "Blur sigma (from the Official preset)"
+        page.screenshot("accdiffusion", page.ours("txt2img", "enabled"))
+        page.choose(method, "DemoFusion")
+        page.wait(lambda: page.shown("txt2img", "demofusion_group") and not page.shown("txt2img", "accdiffusion_group"),
+                  what="the DemoFusion group alone")
+        page.wait(lambda: "DemoFusion, first pass 1024x1024" in page.summary("txt2img"), what="the DemoFusion phases")
+    finally:
+        page.type_number("#txt2img_width", int(size[0]))
+        page.type_number("#txt2img_height", int(size[1]))
     page.choose(method, "ScaleCrafter")
     page.wait(lambda: page.shown("txt2img", "scalecrafter_group") and not page.shown("txt2img", "fstd_group"),
               what="the ScaleCrafter group to show")

@@ -101,6 +101,20 @@ def test_accdiffusion_without_its_modules_is_demofusion(models: Models, entry: s
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[2], outs[1])
 
 
+def test_patch_prompt_of_every_word_is_the_prompt_itself(models: Models) -> None:
+    """Threshold 0 keeps every word in every window, and the patch conditioning is then the prompt's own."""
+    host = TestHost(models, Job(prompt="a photo of a cat and a dog"), native_size=NATIVE)
+    stage = StageInput(1, torch.zeros(1, 4, 32, 32), torch.zeros(1, 4, 32, 32), host.sigmas(3), None, host)
+    patches = PatchPrompts(FixedMaps(), stage, 0.0, "tokens", lambda text: None)
+    words = patches.words(0, [Window(0, 0, 16, 16), Window(16, 16, 16, 16)], (32, 32), 0)
+    assert words == [tuple(range(1, 9))] * 2
+    full = patches.prompt(0, words[0])
+    context = host.cond["crossattn"] if isinstance(host.cond, dict) else host.cond
+    assert torch.equal(full.context, context[:1])
+    if models.family == "sdxl":
+        assert full.pooled is not None and torch.equal(full.pooled, host.cond["vector"][:1, :1280])
+
+
 def test_each_module_of_accdiffusion_changes_the_image(sd1: Models) -> None:
     both = direct(sd1, "accdiffusion")
     prompts_only = direct(sd1, "accdiffusion", accdiffusion_interaction="off")
