@@ -169,6 +169,16 @@ class PatchPrompts:
         texts = dict(self.tokens[image])
         return " ".join(texts[p] for p in positions)
 
+    def report(self, phase: int, windows: Sequence[Window], latent: tuple[int, int], pad: int) -> None:
+        """Log each token's mask share and each window's prompt (the WebUI console shows the log)."""
+        for image, masks in self.masks.items():
+            chosen = self.words(image, windows, latent, pad)
+            LOG.info("AccDiffusion masks, image %d: %s", image + 1, ", ".join(
+                f"{text} {float(mask.float().mean()):.0%}" for (_, text), mask in zip(self.tokens[image], masks)))
+            LOG.info("AccDiffusion phase %d, image %d: %s", phase, image + 1, "; ".join(
+                f"window at ({w.top - pad}, {w.left - pad}): {self.text(image, c) or '(empty)'!r}"
+                for w, c in zip(windows, chosen)))
+
     def condition(self, pad: int) -> Any:
         """The local branch's `WindowCond`: crops and crop coordinates, then each window's patch prompt on
         the conditional rows of images with one conditional row."""
@@ -215,12 +225,7 @@ class AccPhase(Phase):
             if not fixed:
                 rng = random.Random(step_seed(fusion.seed, stage.index, -1))
                 fixed.extend(fusion.windows(padded[0] - 2 * pad, padded[1] - 2 * pad, rng))
-                latent = (padded[0] - 2 * pad, padded[1] - 2 * pad)
-                for image in patches.masks:
-                    chosen = patches.words(image, fixed, latent, pad)
-                    LOG.info("AccDiffusion phase %d, image %d: %s", self.number, image + 1, "; ".join(
-                        f"window at ({w.top - pad}, {w.left - pad}): {patches.text(image, c) or '(empty)'!r}"
-                        for w, c in zip(fixed, chosen)))
+                patches.report(self.number, fixed, (padded[0] - 2 * pad, padded[1] - 2 * pad), pad)
             return fixed
 
         if fusion.local == "fstd":

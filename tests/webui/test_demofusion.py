@@ -66,3 +66,11 @@ def test_long_prompt_with_editing_and_emphasis(webui: WebUI) -> None:
     assert result.status == 200
     assert "Hires Methods warning" not in ours(result.infotexts[0])
 
+
+
+def test_interrupted_phase_leaves_the_model_untouched(webui: WebUI) -> None:
+    baseline = webui.txt2img(steps=3)
+    result = webui.interrupted_txt2img(20, **{**JOB, "hr_second_pass_steps": 20},
+                                       **hires({"method": "accdiffusion"}))
+    assert result.status == 200
+    assert webui.txt2img(steps=3).image_hashes == baseline.image_hashes
