@@ -65,6 +65,12 @@ def test_three_phases_with_nine_sub_lattices(sd1: Models) -> None:
 
 
 @pytest.mark.parametrize("method", ["demofusion", "accdiffusion"])
+def test_disabled_plans_nothing(sd1: Models, method: str) -> None:
+    host = TestHost(sd1, SMALL, native_size=NATIVE)
+    assert not plan(host, method, enabled=False).runs and plan(host, method).runs
+
+
+@pytest.mark.parametrize("method", ["demofusion", "accdiffusion"])
 def test_same_seed_same_image_other_seed_differs(models: Models, method: str) -> None:
     a = direct(models, method)
     b = direct(models, method)
