@@ -64,6 +64,16 @@ def test_three_phases_with_nine_sub_lattices(sd1: Models) -> None:
     assert calls.batches == [2] * 2 + [18, 8] * 2 + [32, 18, 18] * 2
 
 
+def test_sd2_layout_runs_both_methods() -> None:
+    """SD2.x (spec §7, ours): the same windows and lattices on SD2's block layout (1024-wide context)."""
+    from tests.host.host import build_models
+
+    sd2 = build_models("sd2")
+    demo, acc = direct(sd2, "demofusion"), direct(sd2, "accdiffusion")
+    assert demo.shape == acc.shape == (1, 4, 32, 32) and not torch.equal(demo, acc)
+    assert torch.isfinite(acc).all()
+
+
 @pytest.mark.parametrize("method", ["demofusion", "accdiffusion"])
 def test_disabled_plans_nothing(sd1: Models, method: str) -> None:
     host = TestHost(sd1, SMALL, native_size=NATIVE)
