@@ -229,8 +229,7 @@ class AccPhase(Phase):
             return fixed
 
         if fusion.local == "fstd":
-            return TiledEvaluation(super().local_branch(stage, warn).windows_for, "gaussian", fusion.view_batch,
-                                   patches.condition(0))
+            return TiledEvaluation(self.fstd_tiles(stage), "gaussian", fusion.view_batch, patches.condition(0))
         return TiledEvaluation(windows, "uniform", fusion.view_batch, patches.condition(pad))
 
 

@@ -119,24 +119,28 @@ class Phase:
 
     def local_branch(self, stage: StageInput, warn: Warn) -> TiledEvaluation:
         """The local branch's windowed evaluation: fresh jitter every step (or FSTD's shifted tiles)."""
-        fusion = self.fusion
-        if fusion.local == "fstd":
-            offsets: list[tuple[int, int]] = []
-
-            def tiles(step: Step, latent: tuple[int, int]) -> Sequence[Window]:
-                if len(offsets) <= step.index:
-                    offsets[:] = fstd_offsets(step_seed(fusion.seed, stage.index, 0), max(step.count, step.index + 1),
-                                              max(fusion.window // 2, 1), FSTD_PERIOD)
-                return offset_grid(*latent, fusion.window, offsets[step.index])
-
-            return TiledEvaluation(tiles, "gaussian", fusion.view_batch)
-        pad = fusion.jitter
+        if self.fusion.local == "fstd":
+            return TiledEvaluation(self.fstd_tiles(stage), "gaussian", self.fusion.view_batch)
+        fusion, pad = self.fusion, self.fusion.jitter
 
         def windows(step: Step, padded: tuple[int, int]) -> Sequence[Window]:
             rng = random.Random(step_seed(fusion.seed, stage.index, step.index))
             return fusion.windows(padded[0] - 2 * pad, padded[1] - 2 * pad, rng)
 
         return TiledEvaluation(windows, "uniform", fusion.view_batch)
+
+    def fstd_tiles(self, stage: StageInput) -> Callable[[Step, tuple[int, int]], Sequence[Window]]:
+        """FSTD's tiles of each step (offsets seeded per stage, every FSTD_PERIOD-th step unshifted)."""
+        fusion = self.fusion
+        offsets: list[tuple[int, int]] = []
+
+        def tiles(step: Step, latent: tuple[int, int]) -> Sequence[Window]:
+            if len(offsets) <= step.index:
+                offsets[:] = fstd_offsets(step_seed(fusion.seed, stage.index, 0), max(step.count, step.index + 1),
+                                          max(fusion.window // 2, 1), FSTD_PERIOD)
+            return offset_grid(*latent, fusion.window, offsets[step.index])
+
+        return tiles
 
 
 class PhaseHooks:

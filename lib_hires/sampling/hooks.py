@@ -52,6 +52,10 @@ class Rows:
         """Indices of the unconditional (or conditional) rows."""
         return [i for i, u in enumerate(self.uncond) if u == uncond]
 
+    def uncond_of(self) -> dict[int, int]:
+        """Each image's unconditional row (images without one are absent)."""
+        return {image: i for i, (image, unc) in enumerate(zip(self.image, self.uncond)) if unc}
+
     def take(self, indices: Sequence[int]) -> Rows:
         return Rows(tuple(self.image[i] for i in indices), tuple(self.uncond[i] for i in indices))
 

@@ -39,7 +39,8 @@ from ..ops.dilated_sampling import (
     unpermute,
 )
 from ..ops.skip_residual import cosine_factor
-from .hooks import CallNext, ModelCall, Rows
+from .guidance import guidance_rescaled
+from .hooks import CallNext, ModelCall
 from .tiled import TiledEvaluation
 
 Timestep = Callable[[torch.Tensor], torch.Tensor]
@@ -63,21 +64,6 @@ class GlobalBranch:
 def step_seed(seed: int, stage: int, step: int) -> int:
     """One seed per (job seed, stage, step) for a method's per-step randomness."""
     return (seed * 1_000_003 + stage * 10_007 + step) % 2**63
-
-
-def guidance_rescaled(out: torch.Tensor, rows: Rows, ratio: float) -> torch.Tensor:
-    """Rows whose guidance direction is scaled by `ratio`: every cond row becomes
-    `D_u + ratio (D_c - D_u)` with its image's uncond row, so that the host's CFG scale w acts as
-    `ratio * w`. Images without an uncond row in the call are left as they are."""
-    if ratio == 1.0:
-        return out
-    uncond_of = {image: i for i, (image, unc) in enumerate(zip(rows.image, rows.uncond)) if unc}
-    scaled = out.clone()
-    for i, (image, unc) in enumerate(zip(rows.image, rows.uncond)):
-        if not unc and image in uncond_of:
-            base = out[uncond_of[image]]
-            scaled[i] = base + ratio * (out[i] - base)
-    return scaled
 
 
 class LocalGlobal:

@@ -21,8 +21,9 @@ from lib_hires.ops.dilated_sampling import (
 from lib_hires.ops.patch_prompts import opening_iterations, patch_tokens, window_coverage, word_masks
 from lib_hires.ops.skip_residual import cosine_factor, restandardise, skip_residual
 from lib_hires.ops.windows import Window, blend_sum
+from lib_hires.sampling.guidance import guidance_rescaled
 from lib_hires.sampling.hooks import ModelCall, Rows
-from lib_hires.sampling.local_global import GlobalBranch, LocalGlobal, guidance_rescaled
+from lib_hires.sampling.local_global import GlobalBranch, LocalGlobal
 from lib_hires.sampling.steps import Step, sigma_to_timestep
 from lib_hires.sampling.tiled import TiledEvaluation
 
