@@ -69,6 +69,7 @@ class Spec:
     infotext: str | None = None  # infotext key, when not the derived one
     xyz: bool = True
     from_preset: bool = False  # taken from the group's preset unless given explicitly (see `Settings`)
+    api_only: bool = False  # e.g. an image: no UI control, X/Y/Z axis or infotext entry (the method notes it)
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,11 @@ def param(default: Any, label: str, help: str, *, minimum: float | None = None, 
           step: float | None = None, choices: Sequence[str] | None = None,
           choice_labels: Sequence[str] | None = None, syntax: Syntax | None = None, zero: str | None = None,
           tabs: Sequence[str] = TABS, infotext: str | None = None, xyz: bool = True,
-          from_preset: bool = False) -> Any:
+          from_preset: bool = False, api_only: bool = False) -> Any:
     """Declare a parameter field: `tau: float = param(0.7, "Tau", "...", minimum=0, maximum=1)`."""
     spec = Spec(label, help, minimum, maximum, step, tuple(choices) if choices is not None else None,
-                tuple(choice_labels) if choice_labels is not None else None, syntax, zero, tuple(tabs), infotext,
-                xyz, from_preset)
+                tuple(choice_labels) if choice_labels is not None else None, syntax, zero,
+                () if api_only else tuple(tabs), infotext, xyz and not api_only, from_preset, api_only)
     return dataclasses.field(default=default, metadata={"spec": spec})
 
 
@@ -357,7 +358,7 @@ def to_infotext(values: Iterable[ParamGroup]) -> dict[str, str]:
     entries = {VERSION_KEY: str(INFOTEXT_VERSION)}
     for value in values:
         for f in fields(type(value)):
-            if f.api_key != MASTER:
+            if f.api_key != MASTER and not f.spec.api_only:
                 entries[f.infotext_key] = f.to_text(getattr(value, f.name))
     return entries
 
@@ -379,7 +380,7 @@ def read_infotext(groups: Sequence[type[ParamGroup]], entries: Mapping[str, str]
     found = any(key in entries for key in versions)
     for f in all_fields(groups):
         key = f.infotext_key if f.infotext_key in entries else f.legacy_infotext_key
-        if key not in entries or key in WEBUI_HIRES_KEYS:
+        if key not in entries or key in WEBUI_HIRES_KEYS or f.spec.api_only:
             continue
         found = True
         try:
@@ -740,6 +741,90 @@ class AccDiffusionParams(DemoFusionParams):
         choices=("element", "position", "off"), choice_labels=("Element", "Position", "Off"))
 
 
+def parse_mask(text: str) -> str:
+    """A region mask given as base64 image data (PNG, JPEG or WebP; a `data:image/...;base64,` prefix is
+    allowed) -> the base64 text without the prefix; '' (no mask) stays ''. `ValueError` for anything
+    that does not decode to an image."""
+    import base64
+    import binascii
+    import io
+
+    data = text.strip()
+    if not data:
+        return ""
+    data = data.split(",", 1)[1] if data.startswith("data:") and "," in data else data
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64 image data") from None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        raise ValueError("the base64 data is not an image (PNG, JPEG or WebP)") from None
+    return data
+
+
+MASK = Syntax(parse_mask, "base64 image data (PNG, JPEG or WebP; non-black pixels are the foreground), or empty")
+
+
+@dataclass(frozen=True)
+class FreeScaleParams(ParamGroup):
+    """FreeScale (Qiu et al., 2024): self-cascade upscaling in RGB with detail control, restrained dilation
+    and scale-fusion self-attention (docs/freescale.md)."""
+
+    KEY = "freescale"
+    TITLE = "FreeScale"
+
+    preset: str = param(
+        "official", "Preset",
+        "Where the settings below come from. Official: the official run script (detail 2, each upscaling stage "
+        "restarts at 30% of the schedule, restrained dilation for the first 70%). 8K: detail 1, the README's "
+        "advice for 8K images (about 8x the native side). Custom: edit them yourself.",
+        choices=("official", "8k", "custom"), choice_labels=("Official", "8K", "Custom"))
+    stages: int = param(
+        0, "Upscaling stages",
+        "How many times the image is upscaled (about 2x each, the last exactly to the target) after the base "
+        "image at the model's native pixel count. 0: by size, one per doubling of the side.",
+        minimum=1, maximum=4, step=1, zero="auto")
+    detail: float = param(
+        2.0, "Detail control",
+        "Each upscaling step first pulls the latent toward the upscaled previous image, noised to the step's "
+        "level, with weight cf^this (cf the cosine of the noise level: 1 at the start, 0 at the end): higher "
+        "lets go sooner, giving more new detail (alpha). With a region mask: the foreground's value.",
+        minimum=0.0, maximum=10.0, step=0.1, from_preset=True)
+    restart: float = param(
+        0.3, "Restart", "The share of the schedule each upscaling stage skips: it re-noises the upscaled image to "
+        "that point and samples the rest (the official 0.3, int(0.3 N)).", minimum=0.0, maximum=0.95, step=0.05,
+        from_preset=True)
+    dilation_end: float = param(
+        0.7, "Dilation end", "Restrained dilation runs up to this share of the schedule (the official step 35 of "
+        "50) in every upscaling stage.", minimum=0.0, maximum=1.0, step=0.05, from_preset=True)
+    dilation: bool = param(
+        True, "Restrained dilation",
+        "Dilate the convolutions of the deepest down block, the downsampler before it and the middle block by "
+        "stage width // native width (2 at 2x).")
+    fusion: bool = param(
+        True, "Scale fusion",
+        "Every self-attention in an upscaling stage runs on native-size windows (local) and on all tokens "
+        "(global): the output keeps the local result's low frequencies and the global one's high frequencies.")
+    blur: str = param(
+        "hwc", "Fusion low-pass",
+        "The Gaussian that splits the frequencies: over space and channels (the official code) or over space "
+        "only (the paper).", choices=("hwc", "hw"), choice_labels=("Space and channels", "Space only"))
+    background_detail: float = param(
+        0.5, "Background detail",
+        "With a region mask: the detail control of the background (black pixels), e.g. lower for a softer "
+        "background (the official image-generation script's 0.5).", minimum=0.0, maximum=10.0, step=0.1)
+    mask: str = param(
+        "", "Region mask",
+        "API only: an image (base64) whose non-black pixels mark the foreground, resized to each stage; the "
+        "foreground gets Detail control, the rest Background detail. Empty: one value everywhere.",
+        syntax=MASK, api_only=True)
+
+
 @dataclass(frozen=True)
 class TiledVAEParams(ParamGroup):
     """Tiled VAE with GroupNorm statistics synchronised over all tiles (docs/tiled_vae.md)."""
@@ -767,7 +852,7 @@ class TiledVAEParams(ParamGroup):
 
 
 METHOD_GROUPS: tuple[type[ParamGroup], ...] = (ScaleCrafterParams, APLDMParams, DemoFusionParams, AccDiffusionParams,
-                                               FSTDParams, MultiDiffusionParams)
+                                               FreeScaleParams, FSTDParams, MultiDiffusionParams)
 """One group per method (`methods.METHODS` has the same keys), in the order the method menu lists them."""
 FEATURE_GROUPS: tuple[type[ParamGroup], ...] = (TiledVAEParams,)
 """Shared features that work with any method or alone."""
@@ -785,7 +870,7 @@ class General(ParamGroup):
 
 
 GROUPS: tuple[type[ParamGroup], ...] = (General, ScaleCrafterParams, TiledVAEParams, FSTDParams, MultiDiffusionParams,
-                                        APLDMParams, DemoFusionParams, AccDiffusionParams)
+                                        APLDMParams, DemoFusionParams, AccDiffusionParams, FreeScaleParams)
 """Every group, in the order of the UI's positional values (what `script-info` lists and the API's positional
 form sends): append-only, so that a new group never moves the values of an older one."""
 
@@ -802,9 +887,10 @@ def reference_markdown(groups: Sequence[type[ParamGroup]] = GROUPS) -> str:
         for f in fields(group):
             default = json.dumps(f.default)
             axis = f.xyz_label if f.spec.xyz else "-"
+            infotext = "-" if f.spec.api_only else f"`{f.infotext_key}`"
             help_text = f.spec.help.replace("|", "\\|")
             if f.spec.from_preset:
                 help_text += " *(from the preset unless given)*"
-            lines.append(f"| `{f.api_key}` | {f.allowed()} | `{default}` | `{f.infotext_key}` | `{axis}` | {help_text} |")
+            lines.append(f"| `{f.api_key}` | {f.allowed()} | `{default}` | {infotext} | `{axis}` | {help_text} |")
         lines.append("")
     return "\n".join(lines)

@@ -11,10 +11,11 @@ from .accdiffusion import AccDiffusion
 from .apldm import APLDM
 from .base import Method
 from .demofusion import DemoFusion
+from .freescale import FreeScale
 from .fstd import FSTD
 from .multidiffusion import MultiDiffusion
 from .scalecrafter import ScaleCrafter
 
-_ALL: tuple[Method, ...] = (ScaleCrafter(), APLDM(), DemoFusion(), AccDiffusion(), FSTD(), MultiDiffusion())
+_ALL: tuple[Method, ...] = (ScaleCrafter(), APLDM(), DemoFusion(), AccDiffusion(), FreeScale(), FSTD(), MultiDiffusion())
 METHODS: Mapping[str, Method] = MappingProxyType(
     {group.KEY: next(m for m in _ALL if m.params is group) for group in METHOD_GROUPS})  # menu order

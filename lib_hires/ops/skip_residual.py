@@ -13,6 +13,10 @@ with the cosine factor of the model's training timestep t (T = 1000)
 The same factor weights the dilated global branch (`c2 = cf^alpha2`) and sets its blur
 (`c3 = 0.99 cf^alpha3 + 0.01`). After a phase the latent is re-standardised to the mean and standard
 deviation of the first phase's result (`restandardise`).
+
+FreeScale's *detail control* (§3.2; methods/freescale.md §2) is the same pull with `c = cf(t)^alpha`,
+from the step its stage restarts at, and its image-generation variant makes alpha a per-pixel map
+(a foreground and a background value): `c1` may then be a tensor that broadcasts over the latent.
 """
 from __future__ import annotations
 
@@ -28,8 +32,9 @@ def cosine_factor(timestep: float, train_steps: int = TRAIN_STEPS) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (train_steps - timestep) / train_steps))
 
 
-def skip_residual(z: torch.Tensor, clean: torch.Tensor, noise: torch.Tensor, sigma: float, c1: float) -> torch.Tensor:
-    """(1 - c1) z + c1 (clean + sigma noise)."""
+def skip_residual(z: torch.Tensor, clean: torch.Tensor, noise: torch.Tensor, sigma: float,
+                  c1: float | torch.Tensor) -> torch.Tensor:
+    """(1 - c1) z + c1 (clean + sigma noise); `c1` a number or a tensor broadcasting over `z`."""
     return (1.0 - c1) * z + c1 * (clean + sigma * noise)
 
 

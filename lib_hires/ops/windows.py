@@ -51,13 +51,19 @@ def _overlap_starts(length: int, size: int, stride: int) -> list[int]:
     return [min(k * stride, length - size) for k in range(count)]
 
 
-def overlap_grid(height: int, width: int, size: int, stride: int) -> list[Window]:
-    """Windows of `size` (clipped to the latent) every `stride` pixels, row by row; see the module docstring."""
-    if size < 1 or stride < 1:
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else value
+
+
+def overlap_grid(height: int, width: int, size: int | tuple[int, int], stride: int | tuple[int, int]) -> list[Window]:
+    """Windows of `size` (clipped to the latent) every `stride` pixels, row by row; see the module docstring.
+    A pair gives (rows, columns) for rectangular windows (FreeScale's token windows)."""
+    (size_h, size_w), (stride_h, stride_w) = _pair(size), _pair(stride)
+    if min(size_h, size_w, stride_h, stride_w) < 1:
         raise ValueError(f"window size and stride must be >= 1, got {size} and {stride}")
-    h, w = min(size, height), min(size, width)
-    return [Window(top, left, h, w) for top in _overlap_starts(height, size, stride)
-            for left in _overlap_starts(width, size, stride)]
+    h, w = min(size_h, height), min(size_w, width)
+    return [Window(top, left, h, w) for top in _overlap_starts(height, size_h, stride_h)
+            for left in _overlap_starts(width, size_w, stride_w)]
 
 
 def offset_grid(height: int, width: int, size: int, offset: tuple[int, int] = (0, 0)) -> list[Window]:
@@ -87,15 +93,19 @@ def fstd_offsets(seed: int, steps: int, offset_range: int, period: int) -> list[
     return offsets
 
 
-def jitter(windows: Sequence[Window], height: int, width: int, amount: int, rng: random.Random) -> list[Window]:
+def jitter(windows: Sequence[Window], height: int, width: int, amount: int | tuple[int, int],
+           rng: random.Random) -> list[Window]:
     """DemoFusion's border-aware jitter (methods/demofusion.md §3.1) of windows on a `height` x `width`
     latent, returned in the coordinates of that latent padded by `amount` on every side.
 
     Per axis: a window spanning the whole axis does not move; one touching the near border moves by
     `randint(-J, 0)`, one touching the far border by `randint(0, J)`, any other by `randint(-J, J)`.
     So every window stays inside the padded latent and no window moves off the image by more than J.
+    A pair gives J per axis (rows, columns).
     """
-    def move(start: int, size: int, length: int) -> int:
+    amount_h, amount_w = _pair(amount)
+
+    def move(start: int, size: int, length: int, amount: int) -> int:
         near, far = start == 0, start + size == length
         if near and far:
             return 0
@@ -107,9 +117,9 @@ def jitter(windows: Sequence[Window], height: int, width: int, amount: int, rng:
 
     moved = []
     for window in windows:
-        dx = move(window.left, window.width, width)  # columns first: the official draw order, so that a
-        dy = move(window.top, window.height, height)  # generator seeded alike gives the official windows
-        moved.append(window.shifted(dy + amount, dx + amount))
+        dx = move(window.left, window.width, width, amount_w)  # columns first: the official draw order, so
+        dy = move(window.top, window.height, height, amount_h)  # a generator seeded alike gives its windows
+        moved.append(window.shifted(dy + amount_h, dx + amount_w))
     return moved
 
 

@@ -9,8 +9,9 @@ methods/README.md §5) and samples the rest of that schedule with its plan's hoo
 
 Upscaling between stages (`Stage.upscale`):
 * `latent`: bicubic in latent space (align_corners=False, as DemoFusion);
-* `rgb`: decode, bicubic in pixel space, clamp to [-1, 1], encode with the posterior mean (AP-LDM) or
-  a sample seeded from the image seed (`Stage.encode`, FreeScale).
+* `rgb`: decode, bicubic in pixel space, clamp to [-1, 1] (AP-LDM; FreeScale does not: `Stage.clamp`),
+  encode with the posterior mean (AP-LDM) or a sample seeded from the image seed (`Stage.encode`,
+  FreeScale).
 
 A stage's plan may act on where the stage starts (DemoFusion's skip residual pulls every step toward
 the upscaled previous result, noised with the stage's noise): such a plan is `StageAware` and gets a
@@ -67,6 +68,7 @@ class Stage:
     plan: PassPlan | StageAware | None = None
     upscale: str = "latent"  # "latent" or "rgb"
     encode: str = "mean"  # rgb only: "mean" or "sample"
+    clamp: bool = True  # rgb only: clamp the resized image to [-1, 1] before encoding
 
     @property
     def runs(self) -> int:
@@ -86,7 +88,9 @@ def upscale(host: Host, latent: torch.Tensor, stage: Stage, index: int) -> torch
     if stage.upscale == "latent":
         return resize(latent, stage.size)
     image = host.decode(latent)
-    image = resize(image, (stage.size[0] * 8, stage.size[1] * 8)).clamp(-1, 1)
+    image = resize(image, (stage.size[0] * 8, stage.size[1] * 8))
+    if stage.clamp:
+        image = image.clamp(-1, 1)
     noise = host.noise((image.shape[0], latent.shape[1], *stage.size), ENCODE_NOISE + index) \
         if stage.encode == "sample" else None
     return host.encode(image, noise)

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from lib_hires.api import request_problem, settings_from_args
 from lib_hires.params import (
-    BLOCK_FACTORS, BLOCK_LIST, GROUPS, INFOTEXT_VERSION, MAX_DILATION, MAX_REFINE_STAGES, STRENGTHS, VERSION_KEY,
+    BLOCK_FACTORS, BLOCK_LIST, GROUPS, INFOTEXT_VERSION, MASK, MAX_DILATION, MAX_REFINE_STAGES, STRENGTHS,
+    VERSION_KEY,
     Field, ParamError, Settings, all_fields, format_infotext, from_infotext, parse_infotext, to_api_dict, to_infotext, validate_api_dict,
 )
 from lib_hires.unet import ALL_BLOCKS, SAMPLER_BLOCKS
@@ -67,6 +68,9 @@ BAD_BLOCK_TEXT = st.sampled_from([
     "DB2.sampler=4 DB2=3", "DB3.sampler=2", "MB.attn=2", "UB9=2", "db2=2",
 ])
 BAD_BLOCK_LIST = st.sampled_from(["DB4", "DB2 DB2", "DB2=2", "DB3.sampler", "MB.attn", "DB2.sampler DB2", "db2"])
+TINY_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAIAAAABCAAAAADRSSBWAAAAC0lEQVR4nGNg+A8AAQIBAEK+vGgAAAAASUVORK5CYII="
+"""A 2x1 greyscale PNG (black, white): a region mask."""
+BAD_MASKS = st.sampled_from(["not base64!", "aGVsbG8=", "data:image/png;base64,aGVsbG8=", TINY_PNG[:-8]])
 BAD_STRENGTHS = st.sampled_from(["0", "-0.1", "1.5", "nan", "inf", "0.2 x", "0.1;0.2", " ".join(["0.2"] * (MAX_REFINE_STAGES + 1))])
 
 
@@ -92,6 +96,8 @@ def valid_values(f: Field, positional: bool = False) -> st.SearchStrategy[Any]:
         return block_list_text()
     if spec.syntax is STRENGTHS:
         return strengths_text()
+    if spec.syntax is MASK:
+        return st.sampled_from(["", TINY_PNG, "data:image/png;base64," + TINY_PNG])
     assert spec.minimum is not None and spec.maximum is not None, f"no strategy for {f.api_key}"
     if f.type is int:
         values = st.integers(int(spec.minimum), int(spec.maximum))
@@ -111,7 +117,7 @@ def invalid_values(f: Field) -> st.SearchStrategy[Any]:
     if f.type is bool:
         return st.one_of(st.integers(0, 1), st.sampled_from(["true", "False", None]))
     if f.type is str:
-        bad_text = {BLOCK_LIST: BAD_BLOCK_LIST, STRENGTHS: BAD_STRENGTHS}.get(spec.syntax, BAD_BLOCK_TEXT)
+        bad_text = {BLOCK_LIST: BAD_BLOCK_LIST, STRENGTHS: BAD_STRENGTHS, MASK: BAD_MASKS}.get(spec.syntax, BAD_BLOCK_TEXT)
         return st.one_of(bad_text, st.integers(), st.none(), st.booleans())
     assert spec.minimum is not None and spec.maximum is not None
     below, above = spec.minimum - 1, spec.maximum + 1
@@ -134,7 +140,8 @@ def assert_round_trips(values: Settings) -> None:
     event("accepted")
     line = "Steps: 20, Sampler: Euler a, " + format_infotext(to_infotext(values.values.values())) + ", Hires steps: 4"
     back = validate_api_dict(GROUPS, from_infotext(GROUPS, parse_infotext(line)))
-    assert back.values == values.with_overrides({"enabled": True}).values  # an infotext means "it ran"
+    api_only = {f.api_key: f.default for f in all_fields(GROUPS) if f.spec.api_only}  # never in the infotext
+    assert back.values == values.with_overrides({"enabled": True, **api_only}).values  # an infotext means "it ran"
     assert validate_api_dict(GROUPS, to_api_dict(values.values.values())).values == values.values
 
 
