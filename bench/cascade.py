@@ -48,6 +48,30 @@ from tests.host.host import Job, Models, TestHost, build_models
 from tests.host.models import build_vae
 
 
+def bench_models(width: int, vae_ch: int) -> Models:
+    """The test host's SD1.5-layout UNet at `width` channels with an LDM VAE of `vae_ch` channels."""
+    small = build_models("sd1", model_channels=width)
+    decoder, encoder = build_vae(ch=vae_ch, ch_mult=(1, 2, 4, 4))
+    return Models(small.family, small.unet, small.text, decoder, encoder)
+
+
+def cascade_run(models: Models, job: Job, native: int, cascade: CascadePlan) -> Callable[[], None]:
+    """One direct-entry job through the stage driver, with its final decode."""
+    def run() -> None:
+        host = TestHost(models, job, native_size=native)
+        host.decode(run_stages(host, cascade.stages))
+    return run
+
+
+def plain_run(models: Models, job: Job, native: int) -> Callable[[], None]:
+    """One plain pass at the job's size with its decode."""
+    def run() -> None:
+        host = TestHost(models, job, native_size=native)
+        sigmas = host.sigmas(job.steps)
+        host.decode(host.sample_plain(host.noise((1, 4, job.height // 8, job.width // 8), 0) * sigmas[0], sigmas, 0))
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small widths and sizes, fewer steps")
@@ -57,25 +81,14 @@ def main() -> None:
     pfsa_latent = 16 if args.quick else 64
     rounds = args.rounds or rounds
     torch.set_num_threads(1)
-    small = build_models("sd1", model_channels=width)
-    decoder, encoder = build_vae(ch=vae_ch, ch_mult=(1, 2, 4, 4))
-    models = Models(small.family, small.unet, small.text, decoder, encoder)
+    models = bench_models(width, vae_ch)
     target = 2 * native
     job = Job(width=target, height=target, steps=steps)
     settings = validate_api_dict(GROUPS, {"enabled": True, "method": "apldm"})
     plan = plan_job(settings, models.unet, native, PassSize("first", target, target, steps), None)
     cascade = plan.cascade("first")
     assert cascade is not None and cascade.stages[0].size == (native // 8,) * 2
-    latent = (target // 8, target // 8)
-
-    def apldm() -> None:
-        host = TestHost(models, job, native_size=native)
-        host.decode(run_stages(host, cascade.stages))
-
-    def plain_target() -> None:
-        host = TestHost(models, job, native_size=native)
-        sigmas = host.sigmas(steps)
-        host.decode(host.sample_plain(host.noise((1, 4, *latent), 0) * sigmas[0], sigmas, 0))
+    apldm, plain_target = cascade_run(models, job, native, cascade), plain_run(models, job, native)
 
     base = cascade.stages[0].size
     x_base = torch.randn(1, 4, pfsa_latent, pfsa_latent)
@@ -102,12 +115,9 @@ def main() -> None:
               for name in ("demofusion", "accdiffusion")}
 
     def fused(name: str) -> Callable[[], None]:
-        def run() -> None:
-            host = TestHost(models, job, native_size=native)
-            cascade = fusion[name]
-            assert cascade is not None
-            host.decode(run_stages(host, cascade.stages))
-        return run
+        cascade = fusion[name]
+        assert cascade is not None
+        return cascade_run(models, job, native, cascade)
 
     cases: dict[str, Callable[[], None]] = {"apldm": apldm, "plain_target": plain_target, "pfsa": pfsa_step,
                                             "unet_call": unet_call, "engine": engine, "direct": direct,

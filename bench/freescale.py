@@ -33,13 +33,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cascade import bench_models, cascade_run, plain_run
 from bench.common import figure, interleaved_cpu_times
 from lib_hires.job import PassSize, plan_job
 from lib_hires.ops.scale_fusion import ScaleFusion
 from lib_hires.params import GROUPS, validate_api_dict
-from lib_hires.sampling.driver import run_stages
-from tests.host.host import Job, Models, TestHost, build_models
-from tests.host.models import build_vae
+from tests.host.host import Job
 
 
 class SdpAttention(nn.Module):
@@ -86,28 +85,16 @@ def main() -> None:
         fusion(attend, tokens, 8, random.Random(0))
 
     native = 128
-    small = build_models("sd1", model_channels=width)
-    decoder, encoder = build_vae(ch=vae_ch, ch_mult=(1, 2, 4, 4))
-    models = Models(small.family, small.unet, small.text, decoder, encoder)
+    models = bench_models(width, vae_ch)
     target = 2 * native
     job = Job(width=target, height=target, steps=steps)
     settings = validate_api_dict(GROUPS, {"enabled": True, "method": "freescale"})
     cascade = plan_job(settings, models.unet, native, PassSize("first", target, target, steps), None,
                        seed=1).cascade("first")
     assert cascade is not None and len(cascade.stages) == 2
-    latent = (target // 8, target // 8)
-
-    def freescale() -> None:
-        host = TestHost(models, job, native_size=native)
-        host.decode(run_stages(host, cascade.stages))
-
-    def plain_target() -> None:
-        host = TestHost(models, job, native_size=native)
-        sigmas = host.sigmas(steps)
-        host.decode(host.sample_plain(host.noise((1, 4, *latent), 0) * sigmas[0], sigmas, 0))
-
     measured = interleaved_cpu_times({"plain_attention": plain_attention, "fused_attention": fused_attention,
-                                      "freescale": freescale, "plain_target": plain_target}, rounds)
+                                      "freescale": cascade_run(models, job, native, cascade),
+                                      "plain_target": plain_run(models, job, native)}, rounds)
     stages = ", ".join(f"{s.size[1] * 8}x{s.size[0] * 8} x{s.runs} steps" for s in cascade.stages)
     print(f"attention: {grid}x{grid} tokens (native {native_tokens}x{native_tokens}), 320 channels, 8 heads, batch 2; "
           f"pipeline: native {native} px, target {target} px, {steps} steps, stages {stages}, UNet width {width}, "

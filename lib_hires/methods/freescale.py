@@ -44,7 +44,7 @@ from ..sampling.driver import Stage, StageInput
 from ..sampling.hooks import CallHook, CallNext, FixedHooks, ModelCall, PassHooks, PassPlan, Warn
 from ..sampling.local_global import step_seed
 from ..sampling.steps import Step
-from ..unet import UNetMap
+from ..unet import ModelFamily, UNetMap
 from .apldm import base_size, unet_multiple
 from .base import CascadePlan, JobContext, MethodPlan
 from .scalecrafter import Plan, Resolution, ScaleCrafterPass, SettingError, bind
@@ -121,7 +121,8 @@ class Detail:
 @dataclass(frozen=True, eq=False)
 class Upscaling:
     """One upscaling stage (a `StageAware` plan): detail control, restrained dilation (a ScaleCrafter plan
-    bound to this stage, or None), scale fusion on `attention` (None: off), SDXL size conditioning."""
+    bound to this stage, or None), scale fusion (None: off) on the self-attention modules `attention`, SDXL
+    size conditioning (None: not SDXL)."""
 
     detail: Detail
     dilation: Plan | None
@@ -216,7 +217,7 @@ class FreeScale:
         start = min(schedule_index(params.restart, steps), steps - 1)
         dilated = max(0, schedule_index(params.dilation_end, steps) - start)
         detail = Detail(params.detail, params.background_detail, decode_mask(params.mask) if params.mask else None)
-        sdxl = (sizes[0][1], sizes[0][0]) if job.family.value == "sdxl" else None
+        sdxl = (sizes[0][1], sizes[0][0]) if job.family is ModelFamily.SDXL else None
         attention = () if job.unet_map is None else tuple(
             path for block in job.unet_map.blocks for path in block.self_attention)
         warnings: list[str] = []

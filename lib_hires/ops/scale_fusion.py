@@ -153,12 +153,16 @@ class ScaleFusion:
 
     def __call__(self, attend: Attend, x: torch.Tensor, heads: int, rng: random.Random) -> torch.Tensor | None:
         """The fused self-attention of the normalised tokens `x` (B, N, C); None when N is not one of this
-        stage's token grids (the caller then runs the plain attention)."""
+        stage's token grids (the caller then runs the plain attention). At scale numbers (1, 1) G has one
+        tap, the identity, so the fused result is the local one and the global attention is skipped."""
         grid = token_grid(x.shape[1], self.latent)
         if grid is None:
             return None
         windows = token_windows(grid, self.latent, self.scale, self.native_latent)
         b, _, c = x.shape
         local = local_attention(attend, x, windows, windows.draw(rng))
+        kernel = blur_kernel_size(self.scale)
+        if kernel == 1:
+            return local.reshape(b, -1, c)
         global_ = global_attention(attend, x, heads).reshape(b, *grid, c)
-        return fuse(local.to(global_.dtype), global_, blur_kernel_size(self.scale), self.channels).reshape(b, -1, c)
+        return fuse(local.to(global_.dtype), global_, kernel, self.channels).reshape(b, -1, c)

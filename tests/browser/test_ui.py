@@ -115,6 +115,15 @@ def test_switching_methods(page: Page) -> None:
         page.wait(lambda: page.shown("txt2img", "demofusion_group") and not page.shown("txt2img", "accdiffusion_group"),
                   what="the DemoFusion group alone")
         page.wait(lambda: "DemoFusion, first pass 1024x1024" in page.summary("txt2img"), what="the DemoFusion phases")
+        page.choose(method, "FreeScale")
+        page.wait(lambda: page.shown("txt2img", "freescale_group") and not page.shown("txt2img", "demofusion_group"),
+                  what="the FreeScale group alone")
+        page.wait(lambda: "FreeScale, first pass 1024x1024: base 512x512, then 1024x1024 from step" in
+                  page.summary("txt2img") and "scale fusion on 3x3 windows" in page.summary("txt2img"),
+                  what="the FreeScale stages")
+        assert page.label(page.ours("txt2img", "freescale_detail")) == "Detail control (from the Official preset)"
+        assert not page.shown("txt2img", "freescale_mask")  # API only
+        page.screenshot("freescale", page.ours("txt2img", "enabled"))
     finally:
         page.type_number("#txt2img_width", int(size[0]))
         page.type_number("#txt2img_height", int(size[1]))

@@ -224,3 +224,20 @@ def test_region_mask_is_validated_naming_the_field() -> None:
         with pytest.raises(ParamError) as error:
             validate_api_dict(GROUPS, {"freescale_mask": bad})
         assert "freescale_mask" in error.value.problems and reason in error.value.problems["freescale_mask"]
+
+
+def test_scale_number_one_is_the_local_result_without_the_global_call() -> None:
+    """At (1, 1) the official G has one tap: fused = local. The global attention is not computed."""
+    calls: list[int] = []
+
+    def attend(q: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+        calls.append(q.shape[0])
+        return plain_attention(q, ctx)
+
+    x = torch.randn(2, 24 * 24, 4)
+    fusion = ScaleFusion((24, 24), (1, 1), 16)
+    out = fusion(attend, x, 1, random.Random(0))
+    windows = token_windows((24, 24), (24, 24), (1, 1), 16)
+    expected = local_attention(plain_attention, x, windows, windows.draw(random.Random(0)))
+    assert out is not None and torch.equal(out, expected.reshape(2, -1, 4)) and calls == [2 * 4]
+    assert torch.allclose(fuse(expected, torch.randn(2, 24, 24, 4), 1), expected, atol=1e-6)
