@@ -3,10 +3,10 @@
 Three grids, each a list of `Window`s (top-left corner and size, in latent pixels) that together
 cover a latent of `height` x `width`:
 
-* `overlap_grid` (MultiDiffusion, DemoFusion's local branch; methods/demofusion.md §3.1): windows of
-  `size` every `stride` pixels, `int((h - S) / stride - 1e-6) + 2` per axis when the latent is larger
-  than the window, the last one shifted back to end at the far border. Neighbours overlap by
-  `size - stride` (or more at the far border); every pixel is covered.
+* `overlap_grid` (MultiDiffusion, DemoFusion's local branch, methods/demofusion.md §3.1; FreeScale's
+  rectangular token windows): windows of `size` every `stride` pixels, `int((h - S) / stride - 1e-6)
+  + 2` per axis when the latent is larger than the window, the last one shifted back to end at the far
+  border. Neighbours overlap by `size - stride` (or more at the far border); every pixel is covered.
 * `offset_grid` (FSTD, methods/any-size-diffusion-fstd.md §2): `ceil(h / T) x ceil(w / T)` tiles of
   size T, the whole grid shifted by one offset `(oy, ox)` and every tile clamped inside the latent.
   Tiles overlap only where the last one is clamped back; the strip `[0, oy)` / `[0, ox)` along the
