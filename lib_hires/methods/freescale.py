@@ -237,7 +237,8 @@ class FreeScale:
                                  params.blur == "hwc") if params.fusion else None
             stages.append(Stage(latent, steps, start, Upscaling(detail, dilation, fusion, attention, sdxl, job.seed),
                                 upscale="rgb", encode="sample", clamp=False))
-            described.append(self._describe(size, factor if dilation is not None else 1, fusion, start, dilated, steps))
+            dilates = params.dilation and factor > 1 and dilated > 0 and (dilation is not None or job.unet_map is None)
+            described.append(self._describe(size, factor if dilates else 1, fusion, start, dilated, steps))
         mask = f", region mask (background {params.background_detail:g})" if detail.mask is not None else ""
         tail = f"; detail control {params.detail:g}{mask}"
         if job.hires is None:

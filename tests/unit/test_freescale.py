@@ -241,3 +241,14 @@ def test_scale_number_one_is_the_local_result_without_the_global_call() -> None:
     expected = local_attention(plain_attention, x, windows, windows.draw(random.Random(0)))
     assert out is not None and torch.equal(out, expected.reshape(2, -1, 4)) and calls == [2 * 4]
     assert torch.allclose(fuse(expected, torch.randn(2, 24, 24, 4), 1), expected, atol=1e-6)
+
+
+def test_plan_line_before_the_model_is_loaded_names_the_dilation() -> None:
+    """Forge plans from the checkpoint before loading it (no UNet map): the line still shows the stages."""
+    from lib_hires.job import PassSize, preview
+    from lib_hires.unet import ModelFamily
+
+    settings = validate_api_dict(GROUPS, {"enabled": True, "method": "freescale"})
+    shown = preview(settings, None, 512, PassSize("first", 1024, 1024, 20), None, family=ModelFamily.SD1)
+    assert any("1024x1024 from step 7 of 20 (dilation 2 on 8 steps, scale fusion on 3x3 windows)" in line
+               for line in shown.lines)
