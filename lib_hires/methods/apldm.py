@@ -31,7 +31,7 @@ from ..ops.conditioning import with_sizes
 from ..params import APLDMParams, fields, parse_strengths
 from ..patching import PatchScope
 from ..sampling.driver import Stage
-from ..sampling.hooks import CallNext, ModelCall, PassHooks, Warn
+from ..sampling.hooks import CallHook, CallNext, ModelCall, PassHooks, Warn
 from ..sampling.steps import Step
 from ..unet import ModelFamily
 from .base import CascadePlan, JobContext, MethodPlan, PassSize
@@ -128,7 +128,7 @@ class StagePlan:
 
     def install(self, unet: nn.Module, scope: PatchScope, warn: Warn) -> PassHooks:
         steps = (self._guide,) if self.guidance is not None and self.guidance.gamma > 0 else ()
-        calls = (self._size,) if self.sdxl_size is not None else ()
+        calls = (size_hook(self.sdxl_size),) if self.sdxl_size is not None else ()
         return PassHooks(step_hooks=steps, call_hooks=calls)
 
     def _guide(self, x: torch.Tensor, step: Step) -> None:
@@ -141,9 +141,15 @@ class StagePlan:
             gamma = guidance_scales(self.guidance.gamma, len(guided), self.guidance.decay)[done - guided.start]
             x.copy_(guide(x, gamma))
 
-    def _size(self, call: ModelCall, call_next: CallNext) -> torch.Tensor:
-        assert self.sdxl_size is not None
-        return call_next(dataclasses.replace(call, cond=with_sizes(call.cond, *self.sdxl_size)))
+
+
+def size_hook(size: tuple[int, int]) -> CallHook:
+    """SDXL: every model call conditioned on `size` (height, width) as original and target size (AP-LDM's
+    stages, FreeScale's)."""
+    def sized(call: ModelCall, call_next: CallNext) -> torch.Tensor:
+        return call_next(dataclasses.replace(call, cond=with_sizes(call.cond, *size)))
+
+    return sized
 
 
 def _latent(size: tuple[int, int]) -> tuple[int, int]:

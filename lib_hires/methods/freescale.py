@@ -34,18 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.conditioning import with_sizes
 from ..ops.scale_fusion import ScaleFusion, scale_numbers, token_windows
 from ..ops.windows import overlap_grid
 from ..ops.skip_residual import cosine_factor, skip_residual
 from ..params import FreeScaleParams, fields
 from ..patching import PatchScope
 from ..sampling.driver import Stage, StageInput
-from ..sampling.hooks import CallHook, CallNext, FixedHooks, ModelCall, PassHooks, PassPlan, Warn
+from ..sampling.hooks import CallNext, FixedHooks, ModelCall, PassHooks, PassPlan, Warn
 from ..sampling.local_global import step_seed
 from ..sampling.steps import Step
 from ..unet import ModelFamily, UNetMap
-from .apldm import base_size, unet_multiple
+from .apldm import base_size, size_hook, unet_multiple
 from .base import CascadePlan, JobContext, MethodPlan
 from .scalecrafter import Plan, Resolution, ScaleCrafterPass, SettingError, bind
 
@@ -267,11 +266,3 @@ class FreeScale:
             drawn = overlap_grid(*grid, windows.size, windows.stride)
             parts.append(f"scale fusion on {len({w.top for w in drawn})}x{len({w.left for w in drawn})} windows")
         return f"{size[0]}x{size[1]} from step {start + 1} of {steps}" + (f" ({', '.join(parts)})" if parts else "")
-
-
-def size_hook(size: tuple[int, int]) -> CallHook:
-    """SDXL: every model call conditioned on `size` (height, width) as original and target size."""
-    def sized(call: ModelCall, call_next: CallNext) -> torch.Tensor:
-        return call_next(dataclasses.replace(call, cond=with_sizes(call.cond, *size)))
-
-    return sized
