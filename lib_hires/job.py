@@ -10,16 +10,19 @@ names a method.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 
 from .methods import METHODS
 from .methods.base import CascadePlan, JobContext, MethodPlan, PassPlan, PassSize
+from .methods.combine import COMBINATIONS
 from .params import (
+    COMBINATION_GROUPS,
     FEATURE_GROUPS,
     METHOD_GROUPS,
     WARNING_KEY,
+    Combination,
     General,
     ParamGroup,
     Settings,
@@ -41,13 +44,15 @@ class JobPlan:
     """What runs: a plan per pass name, the infotext entries, warnings and a summary line.
     (The tiled VAE is on for the whole job when `tiled_vae(settings)` says so.)
 
-    `method` is the chosen method's plan (None when no method runs), for the UI's locked fields."""
+    `method` is the chosen method's plan (None when no method runs) and `combined` the values of the
+    combinations it runs with, for the UI's locked fields."""
 
     passes: Mapping[str, PassPlan | CascadePlan] = field(default_factory=dict)
     infotext: Mapping[str, str] = field(default_factory=dict)
     lines: tuple[str, ...] = ()  # what runs, one line per feature and pass
     warnings: tuple[str, ...] = ()
     method: MethodPlan | None = None
+    combined: tuple[ParamGroup, ...] = ()
 
     @property
     def runs(self) -> bool:
@@ -91,12 +96,12 @@ def _inactive_given(settings: Settings, active: list[type[ParamGroup]]) -> list[
     """Warnings for keys given explicitly (and not at their default) in groups this job does not use."""
     general: General = settings[General]
     notes = []
-    for group in (*METHOD_GROUPS, *FEATURE_GROUPS):
+    for group in (*METHOD_GROUPS, *FEATURE_GROUPS, *COMBINATION_GROUPS):
         if group in active:
             continue
         keys = [f.api_key for f in fields(group)
                 if f.api_key in settings.given and getattr(settings[group], f.name) != f.default
-                and not (group is TiledVAEParams and f.name == "enabled")]
+                and not (group not in METHOD_GROUPS and f.name == "enabled")]
         if keys:
             why = f"method is {general.method}" if group in METHOD_GROUPS else f"{group.TITLE} is off"
             notes.append(f"not used ({why}): {', '.join(keys)}")
@@ -117,6 +122,7 @@ def plan_job(settings: Settings, unet: nn.Module | None, native: int | None, fir
     warnings: list[str] = []
     lines: list[str] = []
     method_plan: MethodPlan | None = None
+    combined: list[ParamGroup] = []
     method = METHODS.get(general.method)
     active: list[type[ParamGroup]] = [] if method is None else [method.params]
     if method is not None and tab not in method.tabs:
@@ -136,6 +142,10 @@ def plan_job(settings: Settings, unet: nn.Module | None, native: int | None, fir
             warnings += method_plan.warnings
             warnings += [f"not used: {key} ({why})" for key, why in method_plan.unused.items()
                          if _worth_noting(settings[method.params], key)]
+            method_plan, combined = _combine(method_plan, settings, job, lines, warnings)
+            active += [type(values) for values in combined]
+            if unet_map is None:  # a preview: nothing is bound to a UNet
+                method_plan = replace(method_plan, passes={})
     tiles = tiled_vae(settings)
     if tiles is not None:
         active.append(TiledVAEParams)
@@ -149,7 +159,7 @@ def plan_job(settings: Settings, unet: nn.Module | None, native: int | None, fir
     if passes or tiles is not None:
         shown: list[ParamGroup] = [general]
         if passes and method_plan is not None:
-            shown.append(method_plan.resolved)
+            shown += [method_plan.resolved, *combined]
         if tiles is not None:
             shown.append(tiles)
         infotext = to_infotext(shown)
@@ -157,19 +167,42 @@ def plan_job(settings: Settings, unet: nn.Module | None, native: int | None, fir
             infotext.update({f"{method.params.TITLE} {label}": text
                              for label, text in method_plan.notes.items()})
     infotext.update(_warning_entries(warnings))
-    return JobPlan(passes, infotext, tuple(lines), tuple(warnings), method_plan)
+    return JobPlan(passes, infotext, tuple(lines), tuple(warnings), method_plan, tuple(combined))
+
+
+def _combine(plan: MethodPlan, settings: Settings, job: JobContext, lines: list[str],
+             warnings: list[str]) -> tuple[MethodPlan, list[ParamGroup]]:
+    """The method's plan with every switched-on combination added (validation has refused those that do not
+    fit the method); their lines and warnings appended to `lines` and `warnings`; the values they ran with."""
+    combined: list[ParamGroup] = []
+    for group in COMBINATION_GROUPS:
+        values: Combination = settings[group]
+        if not values.enabled:
+            continue
+        if job.tab not in next(f for f in fields(group) if f.name == "enabled").spec.tabs:
+            warnings.append(f"{group.TITLE} is not available in {job.tab}; the job ran without it")
+            continue
+        added = COMBINATIONS[group](values, settings.given, job, plan.passes)
+        plan = replace(plan, passes=added.passes)
+        combined.append(added.resolved)
+        if not plan.passes:  # the method does not run: neither does the combination (the warnings say why)
+            continue
+        lines += [f"{group.TITLE}, {line}" for line in added.lines]
+        warnings += added.warnings
+        warnings += [f"not used: {key} ({why})" for key, why in added.unused.items() if _worth_noting(values, key)]
+    return plan, combined
 
 
 @dataclass(frozen=True)
 class Preview:
     """What the UI shows before Generate: whether the extension is on, the plan's lines and warnings as
-    if it were on, and the method's values as its preset decides them (`locked`; None while the user
-    edits them: preset Custom, or no method)."""
+    if it were on, and the values a preset decides (`locked`: the method's, then its combinations', each
+    left out while the user edits them: preset Custom, or no method)."""
 
     enabled: bool
     lines: tuple[str, ...]
     warnings: tuple[str, ...]
-    locked: ParamGroup | None
+    locked: tuple[ParamGroup, ...]
 
 
 def preview(settings: Settings, unet: nn.Module | None, native: int | None, first: PassSize,
@@ -178,7 +211,6 @@ def preview(settings: Settings, unet: nn.Module | None, native: int | None, firs
     enabled = settings[General].enabled
     plan = plan_job(settings if enabled else settings.with_overrides({"enabled": True}), unet, native, first, hires,
                     tab, family)
-    locked = plan.method.resolved if plan.method is not None else None
-    if getattr(locked, "preset", "custom") == "custom":
-        locked = None
+    decided = ((plan.method.resolved,) if plan.method is not None else ()) + plan.combined
+    locked = tuple(values for values in decided if getattr(values, "preset", "custom") != "custom")
     return Preview(enabled, plan.lines, plan.warnings, locked)

@@ -326,6 +326,8 @@ def validate_api_dict(groups: Sequence[type[ParamGroup]], data: Mapping[str, obj
     values = {group: group(**kwargs[group]) for group in groups} if not problems else {}
     for value in values.values():
         problems.update(value.check())
+    if not problems:
+        problems.update(combination_problems(values))
     if problems:
         raise ParamError(problems)
     return Settings(values, frozenset(k for k in data if k != "version"))
@@ -630,11 +632,9 @@ STRENGTHS = Syntax(
 
 
 @dataclass(frozen=True)
-class APLDMParams(ParamGroup):
-    """AP-LDM (Cao et al., 2024): attentive base pass, then pixel-space progressive refinement (docs/ap_ldm.md)."""
-
-    KEY = "apldm"
-    TITLE = "AP-LDM"
+class AttentiveGuidanceParams(ParamGroup):
+    """AP-LDM's attentive guidance of a base pass, declared once: AP-LDM's own group and the Attentive base
+    combination inherit these fields, each group with its own API and infotext keys."""
 
     preset: str = param(
         "paper", "Preset",
@@ -655,6 +655,15 @@ class APLDMParams(ParamGroup):
     decay: float = param(
         3.0, "Guidance decay", "Cosine decay of the scale over the guided steps, from gamma to 0 (beta, Eq. 3); "
         "0: constant.", minimum=0.0, maximum=10.0, step=0.5, from_preset=True)
+
+
+@dataclass(frozen=True)
+class APLDMParams(AttentiveGuidanceParams):
+    """AP-LDM (Cao et al., 2024): attentive base pass, then pixel-space progressive refinement (docs/ap_ldm.md)."""
+
+    KEY = "apldm"
+    TITLE = "AP-LDM"
+
     refine: str = param(
         "", "Refinement strengths",
         "One pixel-space refinement stage per number, from the base size up to the target (areas in equal "
@@ -851,11 +860,103 @@ class TiledVAEParams(ParamGroup):
         choices=("off", "on_nan", "always"), choice_labels=("Off", "On NaN", "Always"))
 
 
+class Combination(ParamGroup):
+    """A part of one method run inside another's plan (methods/README.md §4; lib_hires/methods/combine.py),
+    switched by its `enabled` field. `APPLIES_TO` lists the method keys it combines with; `refuse` names
+    the fields of a combination that makes no sense (the job is refused before sampling)."""
+
+    APPLIES_TO: ClassVar[tuple[str, ...]] = ()
+    NOT_WITH: ClassVar[Mapping[str, str]] = {}  # method key -> why not, for the other methods
+
+    enabled: bool
+
+    def refuse(self, method: str, values: Mapping[type[ParamGroup], ParamGroup]) -> dict[str, str]:
+        """Why this combination cannot run with `method` (key: API key -> text), given every group's values."""
+        if method in self.APPLIES_TO:
+            return {}
+        names = ", ".join(TITLES[key] for key in self.APPLIES_TO)
+        why = self.NOT_WITH.get(method, "")
+        return {f"{self.KEY}_enabled": f"{self.TITLE} combines with {names}; the method is {TITLES[method]}"
+                                       + (f" ({why})" if why else "")}
+
+
+@dataclass(frozen=True)
+class AttentiveBaseParams(AttentiveGuidanceParams, Combination):
+    """AP-LDM's attentive guidance in the base pass of another method: DemoFusion/AccDiffusion's first phase,
+    FreeScale's base stage, or the first pass before FSTD/MultiDiffusion's tiled pass (docs/choosing.md)."""
+
+    KEY = "attentive_base"
+    TITLE = "Attentive base"
+    APPLIES_TO = ("demofusion", "accdiffusion", "freescale", "fstd", "multidiffusion")
+    NOT_WITH = {"apldm": "AP-LDM guides its own base stage: set its guidance in the AP-LDM settings",
+                "scalecrafter": "ScaleCrafter samples in one pass, there is no base pass to guide",
+                "none": "no method runs"}
+
+    enabled: bool = param(
+        False, "Attentive base pass",
+        "Guide the base pass with AP-LDM's parameter-free self-attention: DemoFusion/AccDiffusion's first phase, "
+        "FreeScale's base image, or (FSTD, MultiDiffusion) a base image at the model's native pixel count that "
+        "the tiled pass refines. Coherent structure before the method adds detail.", tabs=("txt2img",))
+    strength: float = param(
+        0.4, "Tiled refinement strength",
+        "FSTD and MultiDiffusion without hires fix: the guided base image is upscaled to Width x Height in pixel "
+        "space and the tiled pass re-denoises this share of the schedule (like hires fix's denoising strength). "
+        "With hires fix the hires pass's own denoising strength applies.", minimum=0.05, maximum=1.0, step=0.05,
+        tabs=("txt2img",))
+
+    def refuse(self, method: str, values: Mapping[type[ParamGroup], ParamGroup]) -> dict[str, str]:
+        problems = super().refuse(method, values)
+        tiled = next((g for g in (FSTDParams, MultiDiffusionParams) if g.KEY == method), None)
+        if tiled is not None and values.get(tiled) is not None:
+            apply_to = getattr(values[tiled], "apply_to")
+            if apply_to in ("first", "both"):
+                label = next(f for f in fields(tiled) if f.name == "apply_to").label_of(apply_to)
+                text = (f"the attentive base pass runs before {tiled.TITLE}'s tiled pass; {tiled.TITLE} Apply to is "
+                        f"{label}: set it to Auto or Hires pass, or turn the attentive base off")
+                problems[f"{self.KEY}_enabled"] = text
+                problems[f"{tiled.KEY}_apply_to"] = text
+        return problems
+
+
+@dataclass(frozen=True)
+class StageDilationParams(Combination):
+    """ScaleCrafter's re-dilation inside the stages of a cascade: every stage of AP-LDM's refinement or
+    FreeScale's upscaling re-dilated with the ScaleCrafter setting resolved for its size (docs/choosing.md)."""
+
+    KEY = "stage_dilation"
+    TITLE = "ScaleCrafter in stages"
+    APPLIES_TO = ("apldm", "freescale")
+    NOT_WITH = {"scalecrafter": "it is the method already",
+                "demofusion": "its windows are at the native size and its global branch samples dilated already",
+                "accdiffusion": "its windows are at the native size and its global branch samples dilated already",
+                "fstd": "its tiles are at the native size", "multidiffusion": "its tiles are at the native size",
+                "none": "no method runs"}
+
+    enabled: bool = param(
+        False, "ScaleCrafter in stages",
+        "Re-dilate the convolutions of every refinement stage (AP-LDM) or upscaling stage (FreeScale) with "
+        "ScaleCrafter's Auto setting for that stage's size, over the stage's own steps. With FreeScale, turn "
+        "its Restrained dilation off: both dilate the same stages.", tabs=("txt2img",))
+
+    def refuse(self, method: str, values: Mapping[type[ParamGroup], ParamGroup]) -> dict[str, str]:
+        problems = super().refuse(method, values)
+        freescale = values.get(FreeScaleParams)
+        if method == FreeScaleParams.KEY and freescale is not None and getattr(freescale, "dilation"):
+            text = ("FreeScale's Restrained dilation and ScaleCrafter in stages both dilate FreeScale's upscaling "
+                    "stages: turn one off")
+            problems[f"{self.KEY}_enabled"] = text
+            problems["freescale_dilation"] = text
+        return problems
+
+
 METHOD_GROUPS: tuple[type[ParamGroup], ...] = (ScaleCrafterParams, APLDMParams, DemoFusionParams, AccDiffusionParams,
                                                FreeScaleParams, FSTDParams, MultiDiffusionParams)
 """One group per method (`methods.METHODS` has the same keys), in the order the method menu lists them."""
 FEATURE_GROUPS: tuple[type[ParamGroup], ...] = (TiledVAEParams,)
 """Shared features that work with any method or alone."""
+COMBINATION_GROUPS: tuple[type[Combination], ...] = (AttentiveBaseParams, StageDilationParams)
+"""Parts of one method that run inside another (`Combination`), in the order the UI shows them."""
+TITLES = {"none": "None", **{g.KEY: g.TITLE for g in METHOD_GROUPS}}
 
 
 @dataclass(frozen=True)
@@ -869,8 +970,23 @@ class General(ParamGroup):
                         choice_labels=("None", *(g.TITLE for g in METHOD_GROUPS)), infotext=NAME)
 
 
+def combination_problems(values: Mapping[type[ParamGroup], ParamGroup]) -> dict[str, str]:
+    """The fields of every switched-on combination that cannot run with the chosen method (nothing while the
+    extension is off: then nothing runs)."""
+    general = values.get(General)
+    if not isinstance(general, General) or not general.enabled:
+        return {}
+    problems: dict[str, str] = {}
+    for group in COMBINATION_GROUPS:
+        value = values.get(group)
+        if isinstance(value, Combination) and value.enabled:
+            problems.update(value.refuse(general.method, values))
+    return problems
+
+
 GROUPS: tuple[type[ParamGroup], ...] = (General, ScaleCrafterParams, TiledVAEParams, FSTDParams, MultiDiffusionParams,
-                                        APLDMParams, DemoFusionParams, AccDiffusionParams, FreeScaleParams)
+                                        APLDMParams, DemoFusionParams, AccDiffusionParams, FreeScaleParams,
+                                        AttentiveBaseParams, StageDilationParams)
 """Every group, in the order of the UI's positional values (what `script-info` lists and the API's positional
 form sends): append-only, so that a new group never moves the values of an older one."""
 

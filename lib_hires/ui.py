@@ -67,13 +67,21 @@ def passes(tab: str, core: Mapping[str, Any]) -> tuple[PassSize, PassSize | None
 @dataclass(frozen=True)
 class Panel:
     """What the accordion shows for the current controls: the summary (HTML, carrying the model and the
-    event it answers for javascript/hires_methods.js), the values of the preset-controlled fields and
-    the preset they come from (None: those fields are the user's to edit), and the model family."""
+    event it answers for javascript/hires_methods.js), the groups whose preset-controlled fields a preset
+    decides, with their values, and the label of that preset per group (the other groups' fields are the
+    user's to edit), and the model family."""
 
     html: str
-    locked: ParamGroup | None
-    source: str
+    locked: tuple[ParamGroup, ...]
+    sources: tuple[str, ...]
     family: ModelFamily | None
+
+    def locked_value(self, field: Field) -> tuple[object, str] | None:
+        """The value a preset gives `field`, and the preset's label; None when the field is the user's."""
+        for values, source in zip(self.locked, self.sources):
+            if type(values) is field.group:
+                return getattr(values, field.name), source
+        return None
 
 
 NOT_LOADED = "The plan appears once a model is loaded."
@@ -89,21 +97,19 @@ def panel(tab: str, values: Sequence[Any], core: Mapping[str, Any], model: UiMod
     tag = {"identity": model.identity, "stamp": stamp}
     family = model.known_family
     if model.unet is None and model.family is None:
-        return Panel(summary_html([FORGE_NOT_LOADED if forge else NOT_LOADED], **tag), None, "", family)
+        return Panel(summary_html([FORGE_NOT_LOADED if forge else NOT_LOADED], **tag), (), (), family)
     try:
         settings = settings_from_args(list(values))
     except ParamError as error:
         labels = {f.api_key: f.spec.label for f in all_fields(GROUPS)}
         errors = [f"Check {labels.get(key, key)}: {text}" for key, text in error.problems.items()]
-        return Panel(summary_html([], errors=errors, **tag), None, "", family)
+        return Panel(summary_html([], errors=errors, **tag), (), (), family)
     first, hires = passes(tab, core)
     shown = preview(settings, model.unet, model.native, first, hires, tab, model.family)
-    source = ""
-    if shown.locked is not None:
-        preset = next(f for f in fields(type(shown.locked)) if f.name == "preset")
-        source = str(preset.label_of(getattr(shown.locked, "preset")))
+    sources = tuple(str(next(f for f in fields(type(values)) if f.name == "preset").label_of(getattr(values, "preset")))
+                    for values in shown.locked)
     return Panel(summary_html(describe(shown, early=model.unet is None), warnings=shown.warnings, **tag),
-                 shown.locked, source, family)
+                 shown.locked, sources, family)
 
 
 def describe(shown: Preview, early: bool = False) -> list[str]:

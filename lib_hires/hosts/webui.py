@@ -26,6 +26,7 @@ from ..api import ApiValidation, settings_from_args
 from ..job import JobPlan, PassSize, plan_job, tiled_vae
 from ..methods import METHODS
 from ..params import (
+    COMBINATION_GROUPS,
     FEATURE_GROUPS,
     GROUPS,
     METHOD_GROUPS,
@@ -235,7 +236,7 @@ class Accordion:
         self.fields = all_fields(GROUPS)
         self.components: dict[str, Any] = {}
         self.core: dict[str, Any] = {}
-        self.boxes: dict[str, Any] = {}  # method key -> its settings group
+        self.boxes: list[tuple[Any, tuple[str, ...]]] = []  # a settings group, the methods it shows for
         self.latest = LatestOnly()
 
     def capture(self, component: Any, elem_id: str | None) -> None:
@@ -245,8 +246,9 @@ class Accordion:
             self.core[elem_id[len(prefix):]] = component
 
     def _fields_of(self, group: type[ParamGroup]) -> None:
+        """The group's controls, its switch first."""
         eid = self.script.elem_id
-        for f in fields(group):
+        for f in sorted(fields(group), key=lambda f: f.name != "enabled"):
             if f.api_key != "enabled":
                 self.components[f.api_key] = _component(f, eid(f.api_key), self.tab in f.spec.tabs)
 
@@ -263,12 +265,18 @@ class Accordion:
                 with gr.Accordion(f"{group.TITLE} settings", open=True, visible=group.KEY == method_field.default,
                                   elem_id=eid(f"{group.KEY}_group"), elem_classes=["hires-methods-group"]) as box:
                     self._fields_of(group)
-                self.boxes[group.KEY] = box
+                self.boxes.append((box, (group.KEY,)))
+            for combination in COMBINATION_GROUPS:
+                shown = self.tab in by_key[f"{combination.KEY}_enabled"].spec.tabs
+                with gr.Accordion(combination.TITLE, open=False, elem_id=eid(f"{combination.KEY}_group"),
+                                  visible=shown and method_field.default in combination.APPLIES_TO,
+                                  elem_classes=["hires-methods-group"]) as box:
+                    self._fields_of(combination)
+                self.boxes.append((box, combination.APPLIES_TO if shown else ()))
             for group in FEATURE_GROUPS:
                 with gr.Accordion(group.TITLE, open=False, elem_id=eid(f"{group.KEY}_group"),
                                   elem_classes=["hires-methods-group"]):
-                    for f in fields(group):
-                        self.components[f.api_key] = _component(f, eid(f.api_key), self.tab in f.spec.tabs)
+                    self._fields_of(group)
             self.summary = gr.HTML(summary_html(["The plan appears here once the page has loaded."]),
                                    elem_id=eid("summary"), elem_classes=["hires-methods-summary"])
             self.stamp = gr.Textbox(STAMP, visible=False, elem_id=eid("stamp"))
@@ -310,13 +318,12 @@ class Accordion:
 
     def _wire(self, ordered: list[Any]) -> None:
         method = self.components["method"]
-        keys = list(self.boxes)
         method_field = next(f for f in self.fields if f.api_key == "method")
         def show(label: str) -> Any:
-            updates = [gr.update(visible=method_field.choice_of(label) == key) for key in keys]
+            updates = [gr.update(visible=method_field.choice_of(label) in methods) for _, methods in self.boxes]
             return updates[0] if len(updates) == 1 else updates  # gradio takes one output's value as it is
 
-        method.change(show, inputs=[method], outputs=[self.boxes[key] for key in keys], queue=False, **QUIET)
+        method.change(show, inputs=[method], outputs=[box for box, _ in self.boxes], queue=False, **QUIET)
         core_ids = [k for k in CORE_IDS if k in self.core]
         inputs = [*ordered, *(self.core[k] for k in core_ids), self.stamp]
         outputs = [self.summary, *self._preset_outputs(), *self._locked_outputs()]
@@ -349,10 +356,12 @@ class Accordion:
         shown = panel(self.tab, ours, core, host.ui_model(), str(stamp), IS_FORGE)
         presets = [gr.update(choices=preset_menu(f, shown.family, ours[self.fields.index(f)]))
                    for f in self._preset_fields()]
-        locked = [gr.update(value=f.label_of(getattr(shown.locked, f.name)), interactive=False,
-                            label=f"{f.spec.label} (from the {shown.source} preset)")
-                  if shown.locked is not None and f.group is type(shown.locked)
-                  else gr.update(interactive=True, label=f.spec.label) for f in self._locked_fields()]
+        locked = []
+        for f in self._locked_fields():
+            decided = shown.locked_value(f)
+            locked.append(gr.update(interactive=True, label=f.spec.label) if decided is None else
+                          gr.update(value=f.label_of(decided[0]), interactive=False,
+                                    label=f"{f.spec.label} (from the {decided[1]} preset)"))
         return [shown.html, *presets, *locked]
 
 

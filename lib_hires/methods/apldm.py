@@ -28,7 +28,7 @@ from torch import nn
 
 from ..ops.attentive_guidance import guidance_scales, guide, guided_steps
 from ..ops.conditioning import with_sizes
-from ..params import APLDMParams, fields, parse_strengths
+from ..params import APLDMParams, AttentiveGuidanceParams, fields, parse_strengths
 from ..patching import PatchScope
 from ..sampling.driver import Stage
 from ..sampling.hooks import CallHook, CallNext, ModelCall, PassHooks, Warn
@@ -64,13 +64,14 @@ PRESETS = {
 GUIDANCE_FIELDS = ("gamma", "delay", "end", "decay")
 
 
-def resolve(params: APLDMParams, given: frozenset[str]) -> Guidance:
-    """The preset's guidance, with every explicitly given field taken from `params`."""
+def resolve(params: AttentiveGuidanceParams, given: frozenset[str]) -> Guidance:
+    """The preset's guidance, with every explicitly given field taken from `params` (AP-LDM's group or the
+    Attentive base combination's, each with its own keys)."""
     own = Guidance(params.gamma, params.delay, params.end, params.decay)
     preset = PRESETS.get(params.preset)
     if preset is None:
         return own
-    keys = {f.name: f.api_key for f in fields(APLDMParams)}
+    keys = {f.name: f.api_key for f in fields(type(params))}
     return Guidance(*(getattr(own if keys[name] in given else preset, name) for name in GUIDANCE_FIELDS))
 
 
@@ -207,8 +208,6 @@ class APLDM:
         if guidance.gamma > 0 and not guided_steps(max(job.first.steps, 1), guidance.delay, guidance.end):
             warnings = ((f"AP-LDM: no step is guided (Guidance delay {guidance.delay:g} is not below Guidance "
                          f"end {guidance.end:g})"),)
-        if job.unet_map is None:
-            passes = {}
         resolved = dataclasses.replace(resolved, refine=strengths_text)
         return MethodPlan(passes, resolved, lines=lines, warnings=warnings)
 

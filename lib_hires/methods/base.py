@@ -39,7 +39,8 @@ class PassSize:
 class JobContext:
     """What a method plans against: the model family, the UNet's block map, the native size, the
     passes and the tab. `unet_map` is None only for a preview before the model is loaded (Forge loads
-    it at the first generation): the method then resolves its values and lines but plans no pass."""
+    it at the first generation): the method then plans what it can without the UNet (stage sizes,
+    values, lines; nothing bound to UNet modules) and the job planner keeps no pass of it."""
 
     family: ModelFamily
     unet_map: UNetMap | None

@@ -227,8 +227,6 @@ class DemoFusion:
                 passes["first"] = base
             lines = ((f"hires pass {target.width}x{target.height}: {described} after the first pass; {steps} steps "
                       "each; hires upscaler and denoising strength not used"),)
-        if job.unet_map is None:
-            passes = {}
         return MethodPlan(passes, resolved, lines=lines + self.extra_lines(params))
 
     def extra_lines(self, params: DemoFusionParams) -> tuple[str, ...]:

@@ -250,8 +250,6 @@ class FreeScale:
             lines = (f"hires pass {target.width}x{target.height}: {'; '.join(described)}{tail}; hires upscaler and "
                      "denoising strength not used",)
         notes = {"region mask": "sha256 " + hashlib.sha256(params.mask.encode()).hexdigest()[:16]} if params.mask else {}
-        if job.unet_map is None:
-            passes = {}
         return MethodPlan(passes, params, notes=notes, lines=lines, warnings=tuple(warnings))
 
     @staticmethod

@@ -68,8 +68,7 @@ class FSTD:
                          f"batch {params.tile_batch}, offsets below {reach} latent px, {unshifted} of {size.steps} "
                          f"steps unshifted (every {params.reset_period}{_nth(params.reset_period)})")
         plan = TiledPlan(windows_for, params.blending, params.tile_batch)
-        passes = {} if job.unet_map is None else {size.name: plan for size in selected}
-        return MethodPlan(passes, resolved, lines=tuple(lines))
+        return MethodPlan({size.name: plan for size in selected}, resolved, lines=tuple(lines))
 
 
 def _nth(n: int) -> str:

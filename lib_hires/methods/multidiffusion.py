@@ -45,5 +45,4 @@ class MultiDiffusion:
         lines = tuple(f"{size.name} pass {size.width}x{size.height}: "
                       f"{grid_text(overlap_grid(*size.latent, tile, stride), size.latent, tile)}, overlap {overlap}, "
                       f"{params.blending} blending, batch {params.tile_batch}" for size in selected)
-        passes = {} if job.unet_map is None else {size.name: plan for size in selected}
-        return MethodPlan(passes, resolved, lines=lines)
+        return MethodPlan({size.name: plan for size in selected}, resolved, lines=lines)

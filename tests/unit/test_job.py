@@ -93,10 +93,10 @@ def test_preview(sd1: Models) -> None:
     assert not shown.enabled and shown.warnings == ()
     assert shown.lines == ("ScaleCrafter, first pass 1024x1024: Auto: SD1.5 1024x1024 (code) | DB1 2, DB2 2, DB3 2, "
                            "MB 2, UB0 2, UB1 2, UB2 2 | first 12 of 20 steps",)
-    assert shown.locked is not None and shown.locked.dilation == "DB1=2 DB2=2 DB3=2 MB=2 UB0=2 UB1=2 UB2=2"
+    assert len(shown.locked) == 1 and shown.locked[0].dilation == "DB1=2 DB2=2 DB3=2 MB=2 UB0=2 UB1=2 UB2=2"
     native = preview(settings(), sd1.unet, None, FIRST, None)  # at the native size Auto dilates nothing
-    assert native.locked is not None and native.locked.dilation == "" and native.locked.tau == 0
-    assert preview(settings(scalecrafter_preset="custom"), sd1.unet, None, FIRST, None).locked is None
+    assert native.locked[0].dilation == "" and native.locked[0].tau == 0
+    assert preview(settings(scalecrafter_preset="custom"), sd1.unet, None, FIRST, None).locked == ()
     # before the model is loaded (Forge): the family alone gives the lines, no pass is planned
     early = preview(settings(), None, None, PassSize("first", 1024, 1024, 20), None, family=map_unet(sd1.unet).family)
     assert early.lines == shown.lines and early.warnings == ()

@@ -216,9 +216,10 @@ def test_parameter_reference_is_up_to_date() -> None:
 
 
 def test_groups_are_complete_and_positional_order_is_append_only() -> None:
-    from lib_hires.params import FEATURE_GROUPS, METHOD_GROUPS, General
+    from lib_hires.params import COMBINATION_GROUPS, FEATURE_GROUPS, METHOD_GROUPS, General
 
-    assert REAL_GROUPS[0] is General and set(REAL_GROUPS) == {General, *METHOD_GROUPS, *FEATURE_GROUPS}
+    assert REAL_GROUPS[0] is General and set(REAL_GROUPS) == {General, *METHOD_GROUPS, *FEATURE_GROUPS,
+                                                               *COMBINATION_GROUPS}
     assert len(REAL_GROUPS) == len(set(REAL_GROUPS))
     # the positions of the values released before FSTD and MultiDiffusion were added
     keys = [f.api_key for f in all_fields(REAL_GROUPS)]

@@ -8,6 +8,7 @@ example counts and derandomized generation keep the run reproducible and within 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -17,9 +18,10 @@ from hypothesis import strategies as st
 
 from lib_hires.api import request_problem, settings_from_args
 from lib_hires.params import (
-    BLOCK_FACTORS, BLOCK_LIST, GROUPS, INFOTEXT_VERSION, MASK, MAX_DILATION, MAX_REFINE_STAGES, STRENGTHS,
+    BLOCK_FACTORS, BLOCK_LIST, COMBINATION_GROUPS, GROUPS, INFOTEXT_VERSION, MASK, MAX_DILATION, MAX_REFINE_STAGES, STRENGTHS,
     VERSION_KEY,
-    Field, ParamError, Settings, all_fields, format_infotext, from_infotext, parse_infotext, to_api_dict, to_infotext, validate_api_dict,
+    Field, General, ParamError, Settings, all_fields, combination_problems, format_infotext, from_infotext, parse_infotext,
+    to_api_dict, to_infotext, validate_api_dict,
 )
 from lib_hires.unet import ALL_BLOCKS, SAMPLER_BLOCKS
 
@@ -135,9 +137,26 @@ def invalid_values(f: Field) -> st.SearchStrategy[Any]:
 
 # --- properties -----------------------------------------------------------------------------------
 
+def refused_combination(error: ParamError) -> bool:
+    """Whether `error` refuses a switched-on combination that does not fit the method (`combination_problems`,
+    run on otherwise valid values): then every problem is a switch's refusal, also where it names a field of
+    the method."""
+    switches = {error.problems[key] for g in COMBINATION_GROUPS if (key := f"{g.KEY}_enabled") in error.problems}
+    if not switches:
+        return False
+    event("combination refused")
+    assert set(error.problems.values()) <= switches
+    return True
+
+
 def assert_round_trips(values: Settings) -> None:
     """Through the infotext line as the WebUI writes and parses it, and through the API dict."""
     event("accepted")
+    assert validate_api_dict(GROUPS, to_api_dict(values.values.values())).values == values.values
+    general = values[General]
+    if combination_problems({**values.values, General: dataclasses.replace(general, enabled=True)}):
+        assert not general.enabled  # off, a combination that could not run is kept: the job writes no infotext
+        return
     line = "Steps: 20, Sampler: Euler a, " + format_infotext(to_infotext(values.values.values())) + ", Hires steps: 4"
     back = validate_api_dict(GROUPS, from_infotext(GROUPS, parse_infotext(line)))
     api_only = {f.api_key: f.default for f in all_fields(GROUPS) if f.spec.api_only}  # never in the infotext
@@ -177,6 +196,8 @@ def test_api_dicts(case: tuple[dict[str, Any], set[str]]) -> None:
         values = validate_api_dict(GROUPS, data)
     except ParamError as error:
         event("refused")
+        if not bad and refused_combination(error):  # combinations are judged once every value is valid
+            return
         assert error.problems and set(error.problems) <= set(data)
         assert bad <= set(error.problems)
         assert all(key in str(error) for key in error.problems)
@@ -212,6 +233,8 @@ def test_positional_args(case: tuple[list[Any], set[str]]) -> None:
         values = settings_from_args(args)
     except ParamError as error:
         event("refused")
+        if not bad and refused_combination(error):  # combinations are judged once every value is valid
+            return
         assert error.problems and set(error.problems) <= {f.api_key for f in FIELDS[:len(args)]}
         assert bad <= set(error.problems)
         return
@@ -248,7 +271,11 @@ def test_infotext_lines(case: tuple[str, set[str]]) -> None:
         event("refused")
         assert error.problems and set(error.problems) <= keys
         return
-    values = validate_api_dict(GROUPS, data)  # what infotext gives back is always valid
+    try:
+        values = validate_api_dict(GROUPS, data)  # what infotext gives back is valid, or a combination refused
+    except ParamError as error:
+        assert refused_combination(error)
+        return
     assert_round_trips(values)
 
 

@@ -34,10 +34,10 @@ def test_the_plan_for_the_controls(sd1: Models) -> None:
     assert lines(shown.html) == ["ScaleCrafter, first pass 1024x1024: Auto: SD1.5 1024x1024 (code) | DB1 2, DB2 2, "
                                  "DB3 2, MB 2, UB0 2, UB1 2, UB2 2 | first 12 of 20 steps"]
     assert "data-model='model [abc]' data-stamp='page:7'" in shown.html  # for the page's script
-    assert shown.locked is not None and shown.locked.dilation == "DB1=2 DB2=2 DB3=2 MB=2 UB0=2 UB1=2 UB2=2"
-    assert shown.source == "Auto" and shown.family is ModelFamily.SD1
+    assert len(shown.locked) == 1 and shown.locked[0].dilation == "DB1=2 DB2=2 DB3=2 MB=2 UB0=2 UB1=2 UB2=2"
+    assert shown.sources == ("Auto",) and shown.family is ModelFamily.SD1
     custom = panel("txt2img", controls(scalecrafter_preset="Custom"), CORE, UiModel(sd1.unet, None, None, ""))
-    assert custom.locked is None  # the fields are the user's
+    assert custom.locked == ()  # the fields are the user's
 
 
 def test_every_state_is_worded_for_a_person(sd1: Models) -> None:
@@ -54,7 +54,7 @@ def test_every_state_is_worded_for_a_person(sd1: Models) -> None:
     assert tiled == ["Tiled VAE (decoder auto, encoder auto, fp32 on NaN)"]
     bad = panel("txt2img", controls(scalecrafter_preset="Custom", scalecrafter_dilation="DB9=2"), CORE, model)
     assert lines(bad.html)[0].startswith("Check Dilation: got 'DB9=2': 'DB9': no block 'DB9' in any supported model")
-    assert "hires-methods-error" in bad.html and bad.locked is None
+    assert "hires-methods-error" in bad.html and bad.locked == ()
     small = panel("txt2img", controls(scalecrafter_preset="Custom", scalecrafter_tau=1.0,
                                       scalecrafter_dilation="MB=5"), {**CORE, "width": 256, "height": 256}, model)
     assert "Warning: ScaleCrafter not applied to the first pass" in small.html
