@@ -133,6 +133,62 @@ def test_switching_methods(page: Page) -> None:
     page.wait(lambda: "ScaleCrafter, first pass" in page.summary("txt2img"), what="the ScaleCrafter plan")
 
 
+def _tick(page: Page, tab: str, key: str) -> None:
+    """Click one of our checkboxes (opening its group first if it is closed)."""
+    box = page.ours(tab, key).find_element(page.by.CSS_SELECTOR, "input[type=checkbox]")
+    page.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
+    box.click()
+
+
+def _open_group(page: Page, tab: str, group: str) -> None:
+    if not page.shown(tab, group.replace("_group", "_enabled")):
+        page.ours(tab, group).find_element(page.by.CSS_SELECTOR, ".label-wrap").click()
+    page.wait(lambda: page.shown(tab, group.replace("_group", "_enabled")), what=f"the {group} to open")
+
+
+def test_combinations_show_for_their_methods_with_the_combined_plan(page: Page) -> None:
+    page.open_accordion("txt2img")
+    method = page.ours("txt2img", "method")
+    size = [page.find(f"#txt2img_{key} input[type=number]").get_attribute("value") for key in ("width", "height")]
+    ticked: list[str] = []
+    try:
+        page.type_number("#txt2img_width", 1024)
+        page.type_number("#txt2img_height", 1024)
+        page.choose(method, "DemoFusion")
+        page.wait(lambda: page.shown("txt2img", "attentive_base_group") and not page.shown("txt2img",
+                  "stage_dilation_group"), what="the Attentive base group alone")
+        _open_group(page, "txt2img", "attentive_base_group")
+        _tick(page, "txt2img", "attentive_base_enabled")
+        ticked.append("attentive_base_enabled")
+        page.wait(lambda: "Attentive base, base 512x512 of the first pass: attentive guidance 0.004 after steps 2-20 of "
+                  "20" in page.summary("txt2img") and "DemoFusion, first pass 1024x1024" in page.summary("txt2img"),
+                  what="the combined plan")
+        assert page.label(page.ours("txt2img", "attentive_base_gamma")) == "Guidance scale (from the Paper preset)"
+        page.screenshot("combination", page.ours("txt2img", "enabled"))
+        page.choose(method, "FreeScale")
+        page.wait(lambda: page.shown("txt2img", "stage_dilation_group"), what="the ScaleCrafter in stages group")
+        _open_group(page, "txt2img", "stage_dilation_group")
+        _tick(page, "txt2img", "stage_dilation_enabled")
+        ticked.append("stage_dilation_enabled")
+        page.wait(lambda: "Check Restrained dilation: FreeScale's Restrained dilation and ScaleCrafter in stages both "
+                  "dilate" in page.summary("txt2img"), what="the refused combination, naming both fields")
+        _tick(page, "txt2img", "freescale_dilation")
+        ticked.append("freescale_dilation")
+        page.wait(lambda: "ScaleCrafter in stages, first pass stage 1024x1024: Auto" in page.summary("txt2img"),
+                  what="ScaleCrafter in FreeScale's stage")
+        page.choose(method, "ScaleCrafter")
+        page.wait(lambda: not page.shown("txt2img", "attentive_base_group") and not page.shown(
+            "txt2img", "stage_dilation_group"), what="no combination group for ScaleCrafter")
+    finally:
+        page.choose(method, "FreeScale")  # shows both groups
+        page.wait(lambda: page.shown("txt2img", "stage_dilation_group"), what="the FreeScale groups")
+        for key in reversed(ticked):
+            _tick(page, "txt2img", key)
+        page.choose(method, "ScaleCrafter")
+        page.type_number("#txt2img_width", int(size[0]))
+        page.type_number("#txt2img_height", int(size[1]))
+
+
 def test_img2img_offers_no_hires_options(page: Page) -> None:
     page.tab("img2img")
     try:
