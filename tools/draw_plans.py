@@ -145,7 +145,7 @@ def svg(title: str, stages: Sequence[Panel]) -> str:
     widths = [max(p.size[0] * SCALE, CHAR * max(len(line) for line in p.text)) for p in stages]
     tallest = max(p.size[1] for p in stages) * SCALE
     text_rows = max(len(p.text) for p in stages)
-    width = int(sum(widths) + GAP * (len(stages) + 1))
+    width = int(max(sum(widths) + GAP * (len(stages) + 1), 2 * GAP + 7.5 * len(title)))
     height = int(TOP + tallest + 20 + TEXT_LINE * text_rows + 10)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
