@@ -144,6 +144,7 @@ def stage_dilation(params: StageDilationParams, given: frozenset[str], job: JobC
     lines: list[str] = []
     warnings: list[str] = []
     cascades = {name: plan for name, plan in passes.items() if isinstance(plan, CascadePlan)}
+    left: list[str] = []  # why the setting leaves a stage alone
     for name, plan in cascades.items():
         stages = []
         for stage in plan.stages:
@@ -155,13 +156,14 @@ def stage_dilation(params: StageDilationParams, given: frozenset[str], job: JobC
                 warnings.append(f"ScaleCrafter in stages: {width}x{height} left as it is: {exc}")
                 stages.append(stage)
                 continue
-            if not resolution.empty:
+            if resolution.empty:
+                left.append(f"{width}x{height}: {resolution.source}")
+            else:
                 lines.append(f"{name} pass stage {width}x{height}: {describe(resolution, stage.runs)}")
             stages.append(dataclasses.replace(stage, plan=joined(stage.plan, bound)))
         out[name] = dataclasses.replace(plan, stages=tuple(stages))
     if cascades and not lines and not warnings:
-        warnings.append("ScaleCrafter in stages: every stage is at or below the model's native size; nothing "
-                        "is re-dilated")
+        warnings.append(f"ScaleCrafter in stages: no stage is re-dilated ({'; '.join(left)})")
     return Added(out, params, tuple(lines), tuple(warnings))
 
 

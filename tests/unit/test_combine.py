@@ -86,6 +86,14 @@ def test_lines_with_and_without_the_model(sd1: Models) -> None:
                                 "DB1 2, DB2 2, DB3 2, MB 2, UB0 2, UB1 2, UB2 2 | first 6 of 10 steps")
 
 
+def test_stages_the_setting_leaves_alone_are_named(sd1: Models) -> None:
+    plan = plan_job(settings(method="apldm", stage_dilation_enabled=True), sd1.unet, None,
+                    PassSize("first", 576, 576, 20), None)
+    assert plan.warnings == ("ScaleCrafter in stages: no stage is re-dilated (512x512: Auto: at or below the model's "
+                             "native size (512 px), nothing to re-dilate; 576x576: Auto: SD1.5 1024x1024 (code) scaled "
+                             "x0.562, every factor rounds to 1: nothing to re-dilate)",)
+
+
 def test_infotext_reproduces_the_combination(sd1: Models) -> None:
     values = settings(method="freescale", freescale_dilation=False, stage_dilation_enabled=True,
                       attentive_base_enabled=True, attentive_base_preset="code")
