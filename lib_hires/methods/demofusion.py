@@ -160,7 +160,7 @@ class PhaseHooks:
             phase.local_branch(stage, warn), fusion.jitter,
             GlobalBranch(phase.number, fusion.sigma, fusion.blur_decay, fusion.view_batch, fusion.multiple,
                          fusion.interaction, fusion.seed),
-            fusion.global_decay, stage.host.timestep, stage.index, fusion.local_cfg_ratio)
+            fusion.global_decay, stage.host.timestep, stage.index, fusion.local_cfg_ratio, warn)
         return PassHooks(step_hooks=(self.residual,), call_hooks=(hook,))
 
     def residual(self, x: torch.Tensor, step: Step) -> None:

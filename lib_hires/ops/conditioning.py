@@ -118,7 +118,8 @@ class PromptCond:
 def with_prompts(cond: Any, prompts: Mapping[int, PromptCond], rows: int) -> Any:
     """`cond` (a host's conditioning of `rows` rows) with the text conditioning of the rows in `prompts`
     replaced: their cross-attention context rows and, in an SDXL vector, their pooled embedding.
-    A replacement context must have the row's length (hosts keep the prompt's chunk count)."""
+    A replacement context must have the row's length (hosts keep the prompt's chunk count); a context
+    one token longer keeps its first token (sd-webui-controlnet marks each row cond or uncond there)."""
     if not prompts:
         return cond
     index = sorted(prompts)
@@ -128,10 +129,11 @@ def with_prompts(cond: Any, prompts: Mapping[int, PromptCond], rows: int) -> Any
             out = tensor.clone()
             for i in index:
                 context = prompts[i].context
-                if context.shape[1:] != tensor.shape[1:]:
+                marked = tensor.shape[1] == context.shape[1] + 1 and context.shape[2:] == tensor.shape[2:]
+                if context.shape[1:] != tensor.shape[1:] and not marked:
                     raise ValueError(f"a patch prompt's context {tuple(context.shape[1:])} does not match the "
                                      f"prompt's {tuple(tensor.shape[1:])}")
-                out[i] = context[0].to(out)
+                out[i, int(marked):] = context[0].to(out)
             return out
         if tensor.shape[0] == rows and is_vector(tensor, key):
             out = tensor.clone()

@@ -12,6 +12,10 @@ Two levels of the host's model stack are hooked (DESIGN.md, "Sampling"):
   denoised prediction per row. Call hooks wrap it, outermost first; each gets the call and the rest
   of the chain (`call_next`). `Rows` says which image each row belongs to and whether it is an
   unconditional row, so hooks never assume the host's batch layout.
+* Pixel-space conditioning (a ControlNet's hint) must follow what a hook does to the latent's
+  geometry: a hook that calls on with tiles, padded or sub-sampled latents or other rows says, in the
+  call's `pixels`, how the hint of the pass's whole latent becomes the hint of the new rows
+  (`ops.control_hint`); the host applies it where it runs the ControlNet, at the end of the chain.
 
 `hooked_sampler` wraps a k-diffusion-style sampler function so that each run is one `SamplingPass`,
 published in a `PassSlot` for the host's model-call wrapper to find.
@@ -34,6 +38,9 @@ if TYPE_CHECKING:
     from ..patching import PatchScope
 
 StepHook = Callable[[torch.Tensor, Step], None]  # changes the sampler's latent in place
+PixelMap = Callable[[torch.Tensor], torch.Tensor]
+"""Hint pixels of the pass's own call, one row per row of it `(rows, C, 8H, 8W)` -> hint pixels of a
+call's rows and inputs `(rows', C, 8h, 8w)`."""
 Warn = Callable[[str], None]  # tells the user something (the infotext's warning, the log)
 
 
@@ -66,6 +73,11 @@ class ModelCall:
 
     `cond` is the host's own conditioning object; `take_cond(cond, indices)` selects rows of it (the
     host provides it), so a hook can evaluate a subset of the rows with `subset`.
+
+    `pixels` maps the hint of the pass's call to this call's (None: this call *is* the pass's call, the
+    hint applies as it is); a hook that changes the rows or the geometry of `x` sets it (`subset`,
+    `with_pixels`). `controlled` says that the host has a ControlNet attached, so that a hook can avoid
+    a geometry no hint can follow.
     """
 
     x: torch.Tensor
@@ -74,11 +86,28 @@ class ModelCall:
     rows: Rows
     step: Step
     take_cond: Callable[[Any, Sequence[int]], Any]
+    pixels: PixelMap | None = None
+    controlled: bool = False
+
+    def pixel_map(self) -> PixelMap:
+        """`pixels`, or the identity for the pass's own call."""
+        return self.pixels if self.pixels is not None else _same_pixels
+
+    def with_pixels(self, fn: Callable[[torch.Tensor], torch.Tensor], **changes: Any) -> ModelCall:
+        """This call with `changes` and `pixels` followed by `fn` (this call's hint -> the new call's)."""
+        parent = self.pixel_map()
+        return replace(self, pixels=lambda hint: fn(parent(hint)), **changes)
 
     def subset(self, indices: Sequence[int]) -> ModelCall:
         index = torch.as_tensor(list(indices), device=self.x.device, dtype=torch.long)
-        return replace(self, x=self.x.index_select(0, index), sigma=self.sigma.index_select(0, index),
-                       cond=self.take_cond(self.cond, indices), rows=self.rows.take(indices))
+        rows = list(indices)
+        return self.with_pixels(lambda hint: hint[rows], x=self.x.index_select(0, index),
+                                sigma=self.sigma.index_select(0, index),
+                                cond=self.take_cond(self.cond, indices), rows=self.rows.take(indices))
+
+
+def _same_pixels(hint: torch.Tensor) -> torch.Tensor:
+    return hint
 
 
 CallNext = Callable[[ModelCall], torch.Tensor]

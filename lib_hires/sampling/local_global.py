@@ -20,6 +20,12 @@ blurred input, applied to the unblurred one); with window interaction the noise 
 permuted back first. The host's CFG is linear in the rows, so mixing rows before it equals mixing the
 guided results; AccDiffusion's separate patch CFG rescales the local branch's guidance direction.
 
+A ControlNet's hint follows every view (`ops.control_hint`): padded, cropped per window in the local
+branch; padded, blurred like the latent and block-gathered per lattice in the global one, its blocks
+permuted with the latent. A hint cannot follow the official element-wise window interaction (one
+position's channels from different lattices), so while a ControlNet is attached the permutations are
+drawn per position (the paper's form), and the job says so.
+
 Memory: one batch of `view_batch` windows or lattices, plus a few tensors of the latent's size.
 """
 from __future__ import annotations
@@ -30,6 +36,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from ..ops import control_hint
 from ..ops.dilated_sampling import (
     blurred_input,
     element_permutations,
@@ -40,7 +47,7 @@ from ..ops.dilated_sampling import (
 )
 from ..ops.skip_residual import cosine_factor
 from .guidance import guidance_rescaled
-from .hooks import CallNext, ModelCall
+from .hooks import CallNext, ModelCall, Warn
 from .tiled import TiledEvaluation
 
 Timestep = Callable[[torch.Tensor], torch.Tensor]
@@ -70,7 +77,8 @@ class LocalGlobal:
     """The call hook of one upscaling phase (see the module docstring)."""
 
     def __init__(self, local: TiledEvaluation, pad: int, branch: GlobalBranch, mix_decay: float,
-                 timestep: Timestep, stage: int, local_cfg_ratio: float = 1.0) -> None:
+                 timestep: Timestep, stage: int, local_cfg_ratio: float = 1.0,
+                 warn: Warn = lambda message: None) -> None:
         self.local = local
         self.pad = pad
         self.branch = branch
@@ -78,6 +86,8 @@ class LocalGlobal:
         self.timestep = timestep
         self.stage = stage
         self.local_cfg_ratio = local_cfg_ratio
+        self.warn = warn
+        self.warned = False
         self.lattice_evaluations = 0  # sub-lattice evaluations so far (tests, benchmarks)
 
     def __call__(self, call: ModelCall, call_next: CallNext) -> torch.Tensor:
@@ -92,8 +102,19 @@ class LocalGlobal:
         if j == 0:
             return self.local(call, call_next)
         h, w = call.x.shape[-2:]
-        padded = replace(call, x=F.pad(call.x, (j, j, j, j)))
+        padded = call.with_pixels(lambda hint: control_hint.pad(hint, j, j, j, j), x=F.pad(call.x, (j, j, j, j)))
         return self.local(padded, call_next)[..., j:j + h, j:j + w]
+
+    def _per_position(self, call: ModelCall) -> bool:
+        """Whether this call's permutations are drawn per position (always for "position"; for "element"
+        while a ControlNet is attached, said once)."""
+        if self.branch.interaction == "position":
+            return True
+        if call.controlled and not self.warned:
+            self.warned = True
+            self.warn("AccDiffusion: window interaction drawn per position, not per element, while a ControlNet "
+                      "is attached (its hint can follow positions, not channels)")
+        return call.controlled
 
     def _global(self, call: ModelCall, call_next: CallNext, blur_sigma: float) -> torch.Tensor:
         branch, x = self.branch, call.x
@@ -101,6 +122,8 @@ class LocalGlobal:
         top, left = lattice_padding(x.shape[-2], x.shape[-1], s, branch.multiple)
         padded = F.pad(x, (left, 0, top, 0))
         blurred = blurred_input(padded, s, blur_sigma)
+        hints = call.with_pixels(lambda hint: control_hint.blur(control_hint.pad(hint, top, 0, left, 0),
+                                                                2 * s - 1, blur_sigma))
         out = torch.empty_like(padded)
         images = sorted(set(call.rows.image))
         image_of_row = [images.index(i) for i in call.rows.image]
@@ -112,11 +135,12 @@ class LocalGlobal:
             order = None
             if branch.interaction != "off" and len(batch) > 1:
                 shape = (len(images), *inputs.shape[2:])
-                drawn = element_permutations(len(batch), shape, generator, branch.interaction == "position")
+                drawn = element_permutations(len(batch), shape, generator, self._per_position(call))
                 order = drawn[:, image_of_row].to(inputs.device)
                 inputs = permute(inputs, order)
             repeated = call.subset(list(range(rows)) * len(batch))
-            denoised = call_next(replace(repeated, x=inputs.flatten(0, 1))).reshape(inputs.shape)
+            views = hints.with_pixels(lambda hint, batch=batch, order=order: _lattice_hints(hint, s, batch, order))
+            denoised = call_next(replace(repeated, x=inputs.flatten(0, 1), pixels=views.pixels)).reshape(inputs.shape)
             self.lattice_evaluations += len(batch)
             shift = inputs - denoised  # sigma * eps of each composite
             if order is not None:
@@ -124,3 +148,12 @@ class LocalGlobal:
             for k, (a, b) in enumerate(batch):
                 out[:, :, a::s, b::s] = padded[:, :, a::s, b::s] - shift[k]
         return out[..., top:, left:]
+
+
+def _lattice_hints(hint: torch.Tensor, scale: int, lattices: Sequence[tuple[int, int]],
+                   order: torch.Tensor | None) -> torch.Tensor:
+    """The hints of a batch of sub-lattices (lattice-major rows), their blocks permuted like the latent."""
+    views = torch.stack([control_hint.lattice(hint, scale, a, b) for a, b in lattices])
+    if order is not None:
+        views = control_hint.permute_blocks(views, order)
+    return views.flatten(0, 1)

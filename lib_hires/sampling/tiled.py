@@ -5,7 +5,8 @@ windows a method chooses for the step; `tile_batch` windows at a time are stacke
 (window-major: all rows of window 0, then window 1, ...) with the call's rows repeated, so the host's
 own conditioning, CFG and prompt machinery run unchanged; each window gets its own conditioning
 (`ops.conditioning.window_cond`: spatial conditioning cropped, SDXL crop coordinates; a method may
-add its own, e.g. AccDiffusion's patch prompts). The denoised windows are blended back with weights
+add its own, e.g. AccDiffusion's patch prompts) and a ControlNet the hint of its own pixels
+(`ops.control_hint.crop`, through the call's `pixels`). The denoised windows are blended back with weights
 normalised per pixel, so a pixel covered by one window gets exactly that window's prediction.
 
 Pixels no window covers (FSTD's top/left strip) take the previous step's stitched noise prediction,
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..ops import control_hint
 from ..ops.conditioning import window_cond
 from ..ops.windows import Window, blend_sum, window_weights
 from ..patching import PatchScope
@@ -74,7 +76,9 @@ class TiledEvaluation:
             batch = windows[start:start + self.tile_batch]
             repeated = call.subset(list(range(rows)) * len(batch))
             tiles = torch.cat([x[:, :, w.slices[0], w.slices[1]] for w in batch])
-            denoised = call_next(replace(repeated, x=tiles, cond=self.condition(repeated.cond, batch, call.rows, latent)))
+            hints = call.with_pixels(lambda hint, batch=batch: torch.cat([control_hint.crop(hint, w) for w in batch]))
+            denoised = call_next(replace(repeated, x=tiles, cond=self.condition(repeated.cond, batch, call.rows, latent),
+                                         pixels=hints.pixels))
             self.evaluations += len(batch)
             for k, window in enumerate(batch):
                 share = (window_weights(window, self.weights) / total[window.slices]).to(x)

@@ -6,6 +6,11 @@ CFGDenoiser does; uncond rows are skipped at CFG scale 1), and the model call ru
 UNet behind the CompVis discrete-schedule wrapper (sigma -> timestep by log-sigma interpolation over
 SD's 1000 training steps). Model calls go through the current `SamplingPass` when one is sampling,
 exactly where the A1111/Forge adapters install their model-call wrapper.
+
+A `TestControl` stands for a ControlNet: where the adapters hand the ControlNet the hint of each
+call's rows (the hint of the job's size, resized to the pass's latent, then the call's `pixels`), it
+adds a residual to the prediction: each latent pixel gets a fixed mix of the mean of its own 8x8 block
+of hint pixels. So a call that got the wrong pixels shows in the output, pixel for pixel.
 """
 from __future__ import annotations
 
@@ -16,8 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from lib_hires.ops import control_hint
 from lib_hires.ops.conditioning import PromptCond
 from lib_hires.sampling.hooks import ModelCall, PassHooks, PassSlot, Rows, hooked_sampler, take_rows
+from lib_hires.sampling.steps import Step
 from lib_hires.unet import ModelFamily
 
 from .models import LAYOUTS, build_unet, build_vae
@@ -93,6 +100,28 @@ class DiscreteEpsDenoiser:
         return x - eps * sigma[:, None, None, None]
 
 
+@dataclass(frozen=True)
+class TestControl:
+    """A fake ControlNet (module docstring): `hint` (images, 3, height, width) at the job's size, in [0, 1]."""
+
+    __test__ = False
+
+    hint: torch.Tensor
+    strength: float = 1.0
+
+    def residual(self, hint: torch.Tensor) -> torch.Tensor:
+        """Per latent pixel: the block means of the hint's 3 channels mixed into the latent's 4."""
+        means = torch.nn.functional.avg_pool2d(hint, control_hint.SCALE)
+        mix = torch.tensor([[1.0, -0.5, 0.25], [0.5, 1.0, -0.25], [-0.5, 0.25, 1.0], [0.25, 0.5, 0.5]])
+        return self.strength * torch.einsum("oc,bchw->bohw", mix.to(means), means)
+
+    def for_call(self, call: ModelCall, pass_rows: Rows, latent: tuple[int, int]) -> torch.Tensor:
+        """The residual of a call, from the hint of the pass's call (its `pass_rows` and `latent` size)."""
+        top = control_hint.resize(self.hint, latent[0] * control_hint.SCALE, latent[1] * control_hint.SCALE)
+        per_row = top[[image % top.shape[0] for image in pass_rows.image]]
+        return self.residual(call.pixel_map()(per_row))
+
+
 def take_rows_cat(first: Any, second: Any) -> Any:
     """Two conditionings (tensors, or dicts of them) stacked row-wise."""
     if isinstance(first, dict):
@@ -114,6 +143,7 @@ class TestHost:
         self.cond = self.conditioning(job.prompt)
         self.uncond = self.conditioning(job.negative)
         self.interrupt = False
+        self.control: TestControl | None = None
         self.progress_log: list[tuple[int, int]] = []
         self.stage_steps: list[int] = []
         self.stage_inputs: list[tuple[tuple[int, ...], int]] = []  # (latent shape, schedule length) per stage
@@ -184,13 +214,18 @@ class TestHost:
         return denoised_uncond + (denoised_cond - denoised_uncond) * cond_scale
 
     def model_call(self, x: torch.Tensor, sigma: torch.Tensor, context: Any, rows: Rows) -> torch.Tensor:
+        latent = (x.shape[-2], x.shape[-1])
+
         def base(call: ModelCall) -> torch.Tensor:
-            return self.denoiser(call.x, call.sigma, call.cond)
+            out = self.denoiser(call.x, call.sigma, call.cond)
+            return out if self.control is None else out + self.control.for_call(call, rows, latent)
 
         current = self.slot.current
         if current is None or current.step is None:
-            return self.denoiser(x, sigma, context)
-        call = ModelCall(x, sigma, context, rows, current.step, take_cond=lambda c, idx: take_rows(c, idx, x.shape[0]))
+            call = ModelCall(x, sigma, context, rows, Step(0, 1), lambda c, idx: c)
+            return base(call)
+        call = ModelCall(x, sigma, context, rows, current.step, take_cond=lambda c, idx: take_rows(c, idx, x.shape[0]),
+                         controlled=self.control is not None)
         return current.call(call, base)
 
     @torch.no_grad()
