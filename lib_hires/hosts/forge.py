@@ -9,6 +9,12 @@
 * The conv modules are shared by every clone, so the UNet itself is patched inside the sampler run
   only and restored in `finally` (`hosts.sampler.wrap_pass_sampler`).
 * Tiled VAE: `set_model_vae_decode_wrapper` / `..._encode_wrapper` on a clone of `forge_objects.vae`.
+* ControlNet (built in): Forge evaluates the ControlNets (`c["control_model"]`, a linked list) on the
+  whole batch before the wrapper, and hands their residuals in `c["control"]`. While a pass of ours
+  samples, that evaluation runs on an 8x8 corner only (a `controlnet_conditioning_modifiers` entry on
+  our clone) and `ControlNets` evaluates them again at the end of the hook chain, on each call's own
+  input, with each net's hint (Forge's own resize of it to the pass's latent) through the call's
+  `pixels`: every tile, window and lattice gets the hint of its own pixels.
 """
 from __future__ import annotations
 
@@ -91,9 +97,58 @@ def _take_forge_cond(c: dict[str, Any], indices: Sequence[int], total: int, rows
     return taken
 
 
-def unet_wrapper(slot: PassSlot, previous: UnetWrapper | None) -> UnetWrapper:
+def _chain(head: Any) -> list[Any]:
+    nets = []
+    while head is not None:
+        nets.append(head)
+        head = head.previous_controlnet
+    return nets
+
+
+class ControlNets:
+    """Forge's ControlNets evaluated where our hooks call the model (module docstring)."""
+
+    def __init__(self, slot: PassSlot) -> None:
+        self.slot = slot
+        self.evaluating = False
+
+    def modifier(self, net: Any, x: torch.Tensor, t: torch.Tensor, cond: Any, batched: int) -> tuple[Any, ...]:
+        """Forge's own evaluation, made before any hook sees the call, shrunk to an 8x8 corner while a pass
+        of ours samples (its result is never used: `residuals` replaces it)."""
+        if self.slot.current is None or self.evaluating:
+            return x, t, cond, batched
+        return x[..., :8, :8], t, cond, batched
+
+    def residuals(self, head: Any, call: ModelCall, pass_rows: Rows, latent: tuple[int, int], batched: int) -> Any:
+        """`head.get_control` on the call's own input; for a call with `pixels`, every net's hint is Forge's
+        resize of it to the pass's `latent`, one row per row of the pass's call, through `pixels`. The nets'
+        cached hints are put back afterwards."""
+        from backend.misc.image_resize import adaptive_resize
+
+        nets = _chain(head)
+        saved = [(net, net.cond_hint, getattr(net, "control_input", None)) for net in nets]
+        self.evaluating = True
+        try:
+            if call.pixels is not None:
+                for net in nets:
+                    whole = adaptive_resize(net.cond_hint_original, 8 * latent[1], 8 * latent[0], "nearest-exact", "center")
+                    per_row = whole[[image % whole.shape[0] for image in pass_rows.image]]
+                    net.cond_hint = call.pixels(per_row.float()).to(whole.dtype)
+                    if hasattr(net, "control_input"):
+                        net.control_input = None
+            return head.get_control(call.x, call.sigma, dict(call.cond), batched)
+        finally:
+            self.evaluating = False
+            for net, hint, control_input in saved:
+                net.cond_hint = hint
+                if hasattr(net, "control_input"):
+                    net.control_input = control_input
+
+
+def unet_wrapper(slot: PassSlot, previous: UnetWrapper | None, controls: ControlNets | None = None) -> UnetWrapper:
     """The `model_function_wrapper` routing Forge's batched calls through the current pass's hooks,
-    then to `previous` (another extension's wrapper, never an earlier one of ours)."""
+    then to `previous` (another extension's wrapper, never an earlier one of ours); with `controls`,
+    the ControlNets are evaluated at the end of the chain."""
     previous = getattr(previous, "hires_methods_previous", previous)
 
     def run(apply_model: Callable[..., torch.Tensor], args: dict[str, Any]) -> torch.Tensor:
@@ -110,12 +165,21 @@ def unet_wrapper(slot: PassSlot, previous: UnetWrapper | None) -> UnetWrapper:
         chunk = x.shape[0] // len(kinds)
         rows = Rows(tuple(i % chunk for i in range(x.shape[0])), tuple(kinds[i // chunk] == 1 for i in range(x.shape[0])))
 
+        head = args["c"].get("control_model") if controls is not None else None
+        latent = (x.shape[-2], x.shape[-1])
+
         def base(call: ModelCall) -> torch.Tensor:
-            return run(apply_model, {**args, "input": call.x, "timestep": call.sigma, "c": call.cond,
+            c = call.cond
+            if head is not None:
+                assert controls is not None
+                kinds = _chunk_kinds(call.rows, chunk)
+                c = {**c, "control": controls.residuals(head, call, rows, latent, len(kinds))}
+            return run(apply_model, {**args, "input": call.x, "timestep": call.sigma, "c": c,
                                      "cond_or_uncond": _chunk_kinds(call.rows, chunk)})
 
         call = ModelCall(x, args["timestep"], args["c"], rows, current.step,
-                         take_cond=lambda c, idx: _take_forge_cond(c, idx, x.shape[0], rows, chunk))
+                         take_cond=lambda c, idx: _take_forge_cond(c, idx, x.shape[0], rows, chunk),
+                         controlled=head is not None)
         return current.call(call, base)
 
     wrapper.hires_methods_previous = previous  # type: ignore[attr-defined]
@@ -123,10 +187,14 @@ def unet_wrapper(slot: PassSlot, previous: UnetWrapper | None) -> UnetWrapper:
 
 
 def _wrapped_unet(p: Any, slot: PassSlot) -> Any:
-    """A clone of the pass's `UnetPatcher` whose model calls go through `slot`."""
+    """A clone of the pass's `UnetPatcher` whose model calls go through `slot`, ControlNets included."""
     patcher = p.sd_model.forge_objects.unet.clone()
     previous = patcher.model_options.get("model_function_wrapper")
-    patcher.set_model_unet_function_wrapper(unet_wrapper(slot, previous))
+    controls = ControlNets(slot)
+    patcher.set_model_unet_function_wrapper(unet_wrapper(slot, previous, controls))
+    options = patcher.model_options.setdefault("transformer_options", {})
+    options["controlnet_conditioning_modifiers"] = [*options.get("controlnet_conditioning_modifiers", []),
+                                                    controls.modifier]
     return patcher
 
 
