@@ -68,11 +68,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import hashlib
 import io
-import json
 import math
-import os
 import sys
 import time
 from collections import OrderedDict
@@ -83,6 +80,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from weights_file import write_weights  # tools/ is the script's directory
 
 # SD1.5 hyper-parameters (those of LDM's v1-inference config).
 SD15_UNET_KWARGS: dict[str, object] = dict(
@@ -379,37 +377,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     args = parser.parse_args(argv)
 
-    from safetensors.torch import save_file
-
     start = time.monotonic()
     family = FAMILIES[args.family]
     state, reinit = build_state_dict(family, args.seed)
     check_state_dict(state)
     out: Path = args.out.expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    # One metadata key only: safetensors writes several keys in a random order, which would make the
-    # file's bytes (and so the hosts' "Model hash") differ between runs with the same seed.
-    metadata = {"hires_methods_random_checkpoint": json.dumps({
+    sha = write_weights(state, out, "hires_methods_random_checkpoint", {
         "generator": "tools/make_random_checkpoint.py",
         "architecture": family.architecture,
         "seed": args.seed,
         "reinitialised_zero_layers": reinit,
-    }, sort_keys=True)}
-    try:
-        save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    })
     n_params = sum(v.numel() for v in state.values())
-    digest = hashlib.sha256()
-    with open(out, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
     print(f"wrote {out} ({out.stat().st_size / 2**30:.2f} GiB, {len(state)} tensors, "
           f"{n_params / 1e6:.0f}M values, re-initialised zero layers: {reinit}, "
-          f"sha256 {digest.hexdigest()[:10]}) in {time.monotonic() - start:.0f} s")
+          f"sha256 {sha}) in {time.monotonic() - start:.0f} s")
     return 0
 
 

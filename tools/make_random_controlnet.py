@@ -57,16 +57,14 @@ A1111's sd-webui-controlnet and Forge list it as ``<file stem> [<hash>]``; the A
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
+from weights_file import write_weights  # tools/ is the script's directory
 
 # SD1.5's UNet encoder hyper-parameters (LDM's v1-inference config), and the cldm hint encoder.
 MODEL_CHANNELS = 320
@@ -270,38 +268,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="residual RMS as a fraction of the feature's RMS (default %(default)s)")
     args = parser.parse_args(argv)
 
-    from safetensors.torch import save_file
-
     start = time.monotonic()
     model, reinit = build_controlnet(args.seed, args.residual_scale)
     model.eval()
     report = probe(model, args.seed)
     state = state_dict_fp16(model)
     out: Path = args.out.expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    # One metadata key only (safetensors writes several in a random order: the bytes would differ).
-    metadata = {"hires_methods_random_controlnet": json.dumps({
+    sha = write_weights(state, out, "hires_methods_random_controlnet", {
         "generator": "tools/make_random_controlnet.py",
         "architecture": "controlnet sd15 (random weights)",
         "seed": args.seed,
         "residual_scale": args.residual_scale,
         "reinitialised_zero_layers": reinit,
-    }, sort_keys=True)}
-    try:
-        save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    digest = hashlib.sha256()
-    with open(out, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
+    })
     n_params = sum(v.numel() for v in state.values())
     print(f"wrote {out} ({out.stat().st_size / 2**30:.2f} GiB, {len(state)} tensors, "
           f"{n_params / 1e6:.0f}M values, re-initialised zero layers: {reinit}, probe: {report}, "
-          f"sha256 {digest.hexdigest()[:10]}) in {time.monotonic() - start:.0f} s")
+          f"sha256 {sha}) in {time.monotonic() - start:.0f} s")
     return 0
 
 

@@ -48,10 +48,7 @@ It takes a few seconds (an 8.2 MiB file at rank 4: 282 layers, 846 tensors).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
-import os
 import re
 import sys
 import time
@@ -59,6 +56,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from weights_file import write_weights  # tools/ is the script's directory
 
 # SD1.5's UNet (LDM's v1-inference config); the same as make_random_checkpoint.py.
 SD15_UNET_KWARGS: dict[str, object] = {
@@ -143,35 +141,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="std of a layer's weight change x sqrt(fan_in) (default %(default)s)")
     args = parser.parse_args(argv)
 
-    from safetensors.torch import save_file
-
     start = time.monotonic()
     state = build_lora(args.seed, args.rank, args.scale)
     out: Path = args.out.expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    # One metadata key only (safetensors writes several in a random order: the bytes would differ).
     # Any metadata makes A1111 list the LoRA as SD1 (kohya's ss_* keys would say more, but are several).
-    metadata = {"hires_methods_random_lora": json.dumps({
+    sha = write_weights(state, out, "hires_methods_random_lora", {
         "generator": "tools/make_random_lora.py",
         "architecture": "lora/locon for stable-diffusion-v1 unet (random weights)",
         "seed": args.seed,
         "rank": args.rank,
         "alpha": args.rank,
         "scale": args.scale,
-    }, sort_keys=True)}
-    try:
-        save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    digest = hashlib.sha256()
-    with open(out, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
+    })
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {len(state) // 3} layers, "
-          f"{len(state)} tensors, rank {args.rank}, scale {args.scale}, sha256 {digest.hexdigest()[:10]}) "
+          f"{len(state)} tensors, rank {args.rank}, scale {args.scale}, sha256 {sha}) "
           f"in {time.monotonic() - start:.0f} s")
     return 0
 
