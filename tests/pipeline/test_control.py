@@ -26,10 +26,11 @@ from tests.host.state import module_state
 from tests.pipeline.test_demofusion import NATIVE, Boom, plan
 
 METHODS = ("scalecrafter", "apldm", "freescale", "demofusion", "accdiffusion", "fstd", "multidiffusion")
-DIRECT = Job(width=256, height=256, steps=2)
+SMALL_NATIVE = 64  # twice the native side: every method plans its stages, tiles or windows (latent 16)
+DIRECT = Job(width=128, height=128, steps=2)
 
 
-def smooth_hint(seed: int, size: tuple[int, int] = (256, 256)) -> torch.Tensor:
+def smooth_hint(seed: int, size: tuple[int, int] = (128, 128)) -> torch.Tensor:
     coarse = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
     return torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
 
@@ -65,7 +66,7 @@ def run(host: TestHost, job: JobPlan) -> torch.Tensor:
 
 
 def host_with(models: Models, control: TestControl | None, job: Job = DIRECT) -> TestHost:
-    host = TestHost(models, job, native_size=NATIVE)
+    host = TestHost(models, job, native_size=SMALL_NATIVE)
     host.control = control
     return host
 
@@ -78,7 +79,7 @@ def test_every_evaluation_gets_a_hint_of_its_own_size_in_every_stage(sd1: Models
     image = run(host, job)
     assert control.calls and all(hint == (8 * x[0], 8 * x[1]) for x, hint, _ in control.calls)
     cascade = job.cascade("first")
-    stages = [stage.size for stage in cascade.stages] if cascade is not None else [(32, 32)]
+    stages = [stage.size for stage in cascade.stages] if cascade is not None else [(16, 16)]
     assert sorted({latent for _, _, latent in control.calls}) == sorted(set(stages))
     if method in ("fstd", "multidiffusion", "demofusion", "accdiffusion"):
         assert any(x != latent for x, _, latent in control.calls)  # tiles, windows or lattices
