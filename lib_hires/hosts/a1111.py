@@ -192,8 +192,8 @@ def follow_dilation(scope: PatchScope) -> None:
 def lora_branches_follow(loaded: list[Any], scope: PatchScope) -> None:
     """Patch the forward of each conv branch of the `loaded` networks (A1111's `NetworkModule`s: `sd_module`,
     `calc_updown(weight) -> (delta weight, bias)`, `forward(x, y)` adding the branch to the conv's `y`)
-    so that while its conv runs dilated (ScaleCrafter, FreeScale, stage dilation set `dilation` and
-    `padding` on the conv for the call) the branch is the same delta run as a conv at that dilation.
+    so that while its conv runs dilated (`ops.redilation` sets `dilation` and `padding` on the conv for
+    the call) the branch is the same delta run as a conv at that dilation.
     A conv at its own dilation keeps the network's own forward."""
     for network in loaded:
         for module in getattr(network, "modules", {}).values():
