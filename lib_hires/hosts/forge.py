@@ -193,8 +193,9 @@ def _wrapped_unet(p: Any, slot: PassSlot) -> Any:
     controls = ControlNets(slot)
     patcher.set_model_unet_function_wrapper(unet_wrapper(slot, previous, controls))
     options = patcher.model_options.setdefault("transformer_options", {})
-    options["controlnet_conditioning_modifiers"] = [*options.get("controlnet_conditioning_modifiers", []),
-                                                    controls.modifier]
+    others = [m for m in options.get("controlnet_conditioning_modifiers", [])
+              if not isinstance(getattr(m, "__self__", None), ControlNets)]  # Forge's second hires hook call
+    options["controlnet_conditioning_modifiers"] = [*others, controls.modifier]
     return patcher
 
 
